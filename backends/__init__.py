@@ -1,0 +1,1 @@
+"""Framework adapters. Only code under this package imports torch or tensorflow."""

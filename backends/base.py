@@ -1,0 +1,149 @@
+"""The adapter contract: what a backend must offer the methods.
+
+A backend turns a :class:`compress_core.graph.Graph` into a live model of its
+framework and exchanges everything else with the methods as numpy arrays in the
+canonical layout (OIHW kernels, ``[out, in]`` dense weights, NCHW activations).
+The methods never import a framework; they call :func:`get_backend` and this
+interface. Semantics every backend must match (the parity suite checks them):
+
+* parameters start from :func:`compress_core.init.init_params` (numpy, seeded),
+  so the same seed gives the same network in every backend;
+* BatchNorm uses ``eps`` and ``momentum`` from the graph; training normalises
+  with the biased batch variance and updates the running variance with the
+  unbiased one (PyTorch's rule);
+* the loss is a sum of named terms (:class:`LossSpec`): ``ce`` (mean softmax
+  cross-entropy), ``wd`` (``0.5 * weight_decay * sum ||w||^2`` over conv and
+  dense weights and biases, BatchNorm excluded), ``kd`` (Hinton distillation
+  against given teacher logits: ``kd_weight * T^2 * KL(softmax(t/T) || softmax(s/T))``
+  averaged over the batch); ``feature`` (an intermediate-feature loss:
+  ``feature_weight * mean((flatten(tap) @ P - target)^2)`` over batch and
+  components, where ``tap`` is a node of the student, ``flatten`` is in NCHW
+  order, ``P [D, k]`` is set with :meth:`Trainer.set_projection` and ``target
+  [N, k]`` is given with every step; CDC's DCA distillation);
+* the optimiser is SGD with (optionally Nesterov) momentum in the PyTorch /
+  ``tf.compat.v1.train.MomentumOptimizer`` form ``v = mu v + g; w -= lr (g + mu v)``
+  (Nesterov) or ``w -= lr v``; the learning rate is passed with every step.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compress_core.errors import UserError
+from compress_core.graph import Graph
+
+BACKENDS = ("torch", "tf")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Weights of the named loss terms; a zero weight removes the term."""
+
+    weight_decay: float = 0.0
+    kd_weight: float = 0.0
+    kd_temperature: float = 1.0
+    ce_weight: float = 1.0
+    feature_weight: float = 0.0
+    feature_tap: str = ""
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    momentum: float = 0.9
+    nesterov: bool = True
+
+
+class Model(abc.ABC):
+    """A live model of one backend, built from ``graph``."""
+
+    graph: Graph
+
+
+class Trainer(abc.ABC):
+    """Optimiser state bound to one model and one loss."""
+
+    @abc.abstractmethod
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float, teacher_logits: np.ndarray | None = None,
+             feature_target: np.ndarray | None = None) -> dict[str, float]:
+        """One SGD step on a batch (``x`` NCHW float32, ``y`` int labels).
+
+        Returns the value of every active loss term and ``loss`` (their sum),
+        computed before the update.
+        """
+
+    @abc.abstractmethod
+    def set_projection(self, projection: np.ndarray) -> None:
+        """The ``[D, k]`` matrix of the ``feature`` loss term (refitted by the method)."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Optimiser buffers as numpy (``momentum/<param name>``), for resuming."""
+
+    @abc.abstractmethod
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore buffers written by :meth:`state` (from either backend)."""
+
+
+class Backend(abc.ABC):
+    """One framework. Stateless apart from the framework's own settings."""
+
+    name: str
+
+    @abc.abstractmethod
+    def build(self, graph: Graph, params: Mapping[str, np.ndarray] | None = None) -> Model:
+        """A live model of ``graph``; weights from ``params`` or from ``init_params(graph)``."""
+
+    @abc.abstractmethod
+    def get_weights(self, model: Model) -> dict[str, np.ndarray]:
+        """All parameters and buffers, canonical names and layouts, float32 copies."""
+
+    @abc.abstractmethod
+    def set_weights(self, model: Model, params: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Assign canonical arrays; ``strict=False`` allows a subset (e.g. a proximal step)."""
+
+    @abc.abstractmethod
+    def forward(self, model: Model, x: np.ndarray, taps: Sequence[str] = (),
+                bn_batch_stats: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits for a batch and the outputs of the nodes named in ``taps`` (NCHW).
+
+        BatchNorm uses its running statistics unless ``bn_batch_stats``, which
+        normalises with the batch's own statistics without updating anything
+        (the CDC reference scores features that way).
+        """
+
+    @abc.abstractmethod
+    def trainer(self, model: Model, loss: LossSpec, optim: OptimSpec | None = None) -> Trainer:
+        """An optimiser for ``model`` with the given loss terms (default ``OptimSpec()``)."""
+
+    # -- shared conveniences, written once on top of the primitives -------------------------------
+    def predict(self, model: Model, batches: Iterable[np.ndarray]) -> np.ndarray:
+        """Logits for every batch, concatenated."""
+        return np.concatenate([self.forward(model, x)[0] for x in batches])
+
+    def stream(self, model: Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+               taps: Sequence[str], bn_batch_stats: bool = False
+               ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Yield ``(activations of taps, labels)`` batch by batch, for core accumulators."""
+        for n in taps:
+            model.graph[n]
+        for x, y in batches:
+            yield self.forward(model, x, taps, bn_batch_stats)[1], y
+
+    def prunable_layers(self, model: Model):
+        """Convolutions and dense layers with their channel coupling (see compress_core.graph)."""
+        from compress_core.coupling import prunable_layers
+        return prunable_layers(model.graph)
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """The backend called ``name`` (``"torch"`` or ``"tf"``), imported on first use."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}' (choose from: {', '.join(BACKENDS)})")
+    module = importlib.import_module(f"backends.{name}")
+    return module.make_backend(**options)

@@ -1,0 +1,399 @@
+"""The TensorFlow backend: a :class:`Graph` interpreted as a TF1-style graph and session.
+
+Everything crossing the adapter boundary is numpy in the canonical layout; the
+conversion to TensorFlow's layouts (HWIO kernels, ``[in, out]`` dense weights,
+NHWC activations) happens only here, through :mod:`compress_core.layout`.
+
+Each model holds two forward passes over the same variables: an inference pass
+(BatchNorm with running statistics) and a training pass (batch statistics),
+whose BatchNorm running-statistic updates are separate ops that only a trainer
+step runs. Weight assignment goes through one placeholder and one assign op per
+variable created at build time, so loading weights never grows the graph.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from backends.base import Backend, LossSpec, Model, OptimSpec, Trainer
+from compress_core import layout
+from compress_core.checkpoint import check_params
+from compress_core.errors import UserError
+from compress_core.graph import Graph
+from compress_core.init import init_params
+
+_V1 = tf.compat.v1
+
+
+def _session_config(intra: int, inter: int) -> _V1.ConfigProto:
+    config = _V1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter,
+                             allow_soft_placement=True)
+    config.gpu_options.allow_growth = True
+    return config
+
+
+def _tf_name(canonical: str, taken: set[str]) -> str:
+    """A valid, unique TF variable name for a canonical parameter name."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", canonical)
+    if not re.match(r"[A-Za-z0-9.]", name):
+        name = "v" + name
+    base, i = name, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+class _Assigner:
+    """One placeholder + assign op per variable, created once, fed on every assignment."""
+
+    def __init__(self, variables: Mapping[str, tf.Variable]):
+        self.ops = {}
+        with tf.name_scope("assign"):
+            for k, v in variables.items():
+                ph = _V1.placeholder(v.dtype.base_dtype, v.shape)
+                self.ops[k] = (ph, v.assign(ph, read_value=False))
+
+    def run(self, session, tf_values: Mapping[str, np.ndarray]) -> None:
+        if not tf_values:
+            return
+        feed = {self.ops[k][0]: v for k, v in tf_values.items()}
+        session.run([self.ops[k][1] for k in tf_values], feed_dict=feed)
+
+
+class TFModel(Model):
+    """A graph built in its own ``tf.Graph`` with its own session.
+
+    The inference pass is built with the model; the training pass (batch
+    statistics, and the ops updating the running statistics) on first use, so
+    a model that is only evaluated costs half the graph.
+    """
+
+    def __init__(self, graph: Graph, tf_graph: tf.Graph, session, x, x_nhwc, infer: dict,
+                 variables: dict, assigner: _Assigner):
+        self.graph = graph
+        self.tf_graph = tf_graph
+        self.session = session
+        self.x = x                    # NCHW float32 placeholder
+        self._x_nhwc = x_nhwc
+        self.infer = infer            # node name -> tensor (NHWC maps, [N, C] vectors), running BN stats
+        self.variables = variables    # canonical name -> tf.Variable (TF layout)
+        self.assigner = assigner
+        self.trainable = [k for k in variables if not Graph.is_buffer(k)]
+        self._train: dict | None = None
+        self._bn_updates: list = []
+
+    @property
+    def train(self) -> dict:
+        """Node name -> tensor of the training pass (BatchNorm with batch statistics)."""
+        if self._train is None:
+            updates: list = []
+            with self.tf_graph.as_default(), tf.name_scope("train"):
+                self._train = _forward_pass(self.graph, self._x_nhwc, self.variables, True, updates)
+            self._bn_updates = updates
+        return self._train
+
+    @property
+    def bn_updates(self) -> list:
+        """Running-statistic update ops of the training pass (run only by a trainer step)."""
+        self.train  # noqa: B018 - builds the training pass on first use
+        return self._bn_updates
+
+    def close(self) -> None:
+        """Release the session (the model is unusable afterwards)."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _bn(x, node, V, training: bool, updates: list):
+    """Fused BatchNorm (one op); vectors run as ``[N, 1, 1, C]`` maps.
+
+    In training mode ``fused_batch_norm`` normalises with the biased batch variance
+    and returns the unbiased one, which is what the running variance averages.
+    """
+    a = node.attrs
+    gamma, beta = V[f"{node.name}.weight"], V[f"{node.name}.bias"]
+    rm, rv = V[f"{node.name}.running_mean"], V[f"{node.name}.running_var"]
+    eps, m = float(a["eps"]), float(a["momentum"])
+    vector = x.shape.rank == 2
+    if vector:
+        x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+    if training:
+        y, mean, unbiased = _V1.nn.fused_batch_norm(x, gamma, beta, epsilon=eps, is_training=True)
+        updates.append(rm.assign(rm * (1.0 - m) + mean * m, read_value=False))
+        updates.append(rv.assign(rv * (1.0 - m) + unbiased * m, read_value=False))
+    else:
+        y, _, _ = _V1.nn.fused_batch_norm(x, gamma, beta, rm, rv, epsilon=eps, is_training=False)
+    return tf.reshape(y, [-1, y.shape[-1]]) if vector else y
+
+
+def _conv(x, node, V, cin: int):
+    a = node.attrs
+    w = V[f"{node.name}.weight"]  # HWIO
+    (ph, pw), (sh, sw), (dh, dw) = a["pad"], a["stride"], a["dilation"]
+    g, out = int(a["groups"]), int(a["out"])
+    strides, dil = [1, sh, sw, 1], [1, dh, dw, 1]
+    if ph or pw:
+        # explicit symmetric padding (never 'SAME'), as a pad + VALID conv: same numbers as
+        # conv2d(padding=[[0,0],[ph,ph],[pw,pw],[0,0]]) but the gradient gets oneDNN kernels (2x faster)
+        x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    pad = "VALID"
+    if g == 1:
+        y = tf.nn.conv2d(x, w, strides=strides, padding=pad, dilations=dil)
+    elif g == cin and (max(sh, sw) == 1 or max(dh, dw) == 1):
+        # HWIO [kh, kw, 1, cin*m] -> depthwise [kh, kw, cin, m]: output o = c*m + j, as torch groups
+        wd = tf.reshape(w, [a["k"][0], a["k"][1], cin, out // cin])
+        y = tf.nn.depthwise_conv2d(x, wd, strides=strides, padding=pad, dilations=[dh, dw])
+    else:
+        # grouped conv2d has no CPU gradient in TF: split into groups and concatenate
+        y = tf.concat([tf.nn.conv2d(xi, wi, strides=strides, padding=pad, dilations=dil)
+                       for xi, wi in zip(tf.split(x, g, axis=3), tf.split(w, g, axis=3))], axis=3)
+    if a["bias"]:
+        y = tf.nn.bias_add(y, V[f"{node.name}.bias"])
+    return y
+
+
+def _select(x, node, cin: int):
+    s, src = int(node.attrs["stride"]), [int(j) for j in node.attrs["src"]]
+    if s > 1:
+        x = x[:, ::s, ::s, :]
+    if src == list(range(cin)):
+        return x
+    if -1 in src:
+        x = tf.concat([x, tf.zeros_like(x[..., :1])], axis=3)
+        src = [cin if j < 0 else j for j in src]
+    return tf.gather(x, src, axis=3)
+
+
+def _flatten_nchw(x, dim: int):
+    """``[N, dim]`` in NCHW order (so dense weights and projections stay canonical)."""
+    if x.shape.rank == 4:
+        return tf.reshape(tf.transpose(x, layout.NHWC_TO_NCHW), [-1, dim])
+    return x
+
+
+def _forward_pass(graph: Graph, x_nhwc, V, training: bool, updates: list) -> dict:
+    """Tensors of every node (NHWC maps, [N, C] vectors)."""
+    shapes = graph.shapes()
+    t: dict = {}
+    for node in graph.nodes:
+        a, op = node.attrs, node.op
+        ins = [t[i] for i in node.inputs]
+        with tf.name_scope(_tf_name(node.name, set())):
+            if op == "input":
+                y = x_nhwc
+            elif op == "conv":
+                y = _conv(ins[0], node, V, shapes[node.inputs[0]][0])
+            elif op == "dense":
+                y = tf.matmul(ins[0], V[f"{node.name}.weight"])
+                if a["bias"]:
+                    y = tf.nn.bias_add(y, V[f"{node.name}.bias"])
+            elif op == "bn":
+                y = _bn(ins[0], node, V, training, updates)
+            elif op == "relu":
+                y = tf.nn.relu(ins[0])
+            elif op == "add":
+                y = tf.add_n(ins) if len(ins) > 1 else ins[0]
+            elif op == "concat":
+                y = tf.concat(ins, axis=-1) if len(ins) > 1 else ins[0]
+            elif op == "gap":
+                y = tf.reduce_mean(ins[0], axis=[1, 2])
+            elif op == "flatten":
+                y = _flatten_nchw(ins[0], shapes[node.name][0])
+            elif op in ("maxpool", "avgpool"):
+                k, s = a["k"], a["stride"]
+                k = [int(k), int(k)] if isinstance(k, int) else [int(v) for v in k]
+                s = [int(s), int(s)] if isinstance(s, int) else [int(v) for v in s]
+                pool = tf.nn.max_pool2d if op == "maxpool" else tf.nn.avg_pool2d
+                y = pool(ins[0], ksize=k, strides=s, padding="VALID")
+            elif op == "select":
+                y = _select(ins[0], node, shapes[node.inputs[0]][0])
+            else:  # pragma: no cover - Graph validates ops
+                raise UserError(f"TF backend: unsupported op '{op}' in node '{node.name}'")
+        t[node.name] = y
+    return t
+
+
+class TFTrainer(Trainer):
+    """Loss on the training pass + ``MomentumOptimizer``; BN running statistics update in the step."""
+
+    def __init__(self, model: TFModel, loss: LossSpec, optim: OptimSpec):
+        self.model, self.loss_spec = model, loss
+        g = model.graph
+        self._kd = loss.kd_weight > 0
+        self._feature = loss.feature_weight > 0
+        self._projection: np.ndarray | None = None
+        if self._feature:
+            g[loss.feature_tap]  # noqa: B018 - raises a clear error for an unknown layer name
+        train = model.train  # the training pass, built on first use
+        with model.tf_graph.as_default(), tf.name_scope("trainer"):
+            self._y = _V1.placeholder(tf.int64, [None], name="labels")
+            self._lr = _V1.placeholder(tf.float32, [], name="lr")
+            self._teacher = (_V1.placeholder(tf.float32, [None, g.num_classes], name="teacher")
+                             if self._kd else None)
+            logits = train[g.output]
+            terms = {}
+            if loss.ce_weight > 0:
+                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=self._y, logits=logits))
+                terms["ce"] = ce if loss.ce_weight == 1.0 else loss.ce_weight * ce
+            if loss.weight_decay > 0:
+                decayed = [model.variables[k] for k in model.trainable
+                           if g[k.rsplit(".", 1)[0]].op in ("conv", "dense")]
+                terms["wd"] = 0.5 * loss.weight_decay * tf.add_n(
+                    [tf.reduce_sum(tf.square(v)) for v in decayed])
+            if self._kd:
+                T = float(loss.kd_temperature)
+                log_ps = tf.nn.log_softmax(logits / T)
+                log_pt = tf.nn.log_softmax(self._teacher / T)
+                kl = tf.reduce_sum(tf.exp(log_pt) * (log_pt - log_ps), axis=1)
+                terms["kd"] = loss.kd_weight * T * T * tf.reduce_mean(kl)
+            if self._feature:
+                self._dim = int(np.prod(g.shapes()[loss.feature_tap]))
+                self._P = _V1.placeholder(tf.float32, [self._dim, None], name="projection")
+                self._target = _V1.placeholder(tf.float32, [None, None], name="feature_target")
+                z = _flatten_nchw(train[loss.feature_tap], self._dim)
+                terms["feature"] = loss.feature_weight * tf.reduce_mean(
+                    tf.square(tf.matmul(z, self._P) - self._target))
+            if not terms:
+                raise UserError("loss has no active term (ce_weight, weight_decay, kd_weight and "
+                                "feature_weight are all 0)")
+            total = tf.add_n(list(terms.values())) if len(terms) > 1 else tf.identity(terms[next(iter(terms))])
+            self._fetch = dict(terms, loss=total)
+            opt = _V1.train.MomentumOptimizer(self._lr, float(optim.momentum),
+                                              use_nesterov=bool(optim.nesterov))
+            var_list = [model.variables[k] for k in model.trainable]
+            grads = opt.compute_gradients(total, var_list)
+            # the fetched terms come from pre-update values
+            with tf.control_dependencies(list(self._fetch.values())):
+                apply = opt.apply_gradients(grads)
+            # BN running statistics update in the same session.run (they read only batch moments
+            # and running statistics; no ordering with the weight update is needed)
+            self._train_op = [apply] + model.bn_updates
+            self._slots = {}
+            for k in model.trainable:
+                slot = opt.get_slot(model.variables[k], "momentum")
+                if slot is not None:
+                    self._slots[k] = slot
+            self._assigner = _Assigner(self._slots)
+            model.session.run(_V1.variables_initializer(opt.variables()))
+
+    def set_projection(self, projection: np.ndarray) -> None:
+        """The ``[D, k]`` matrix of the feature term, fed with every step."""
+        projection = np.asarray(projection, np.float32)
+        if self._feature and (projection.ndim != 2 or projection.shape[0] != self._dim):
+            raise UserError(f"feature projection has shape {projection.shape}, expected "
+                            f"[{self._dim}, k] for layer '{self.loss_spec.feature_tap}'")
+        self._projection = projection
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float, teacher_logits: np.ndarray | None = None,
+             feature_target: np.ndarray | None = None) -> dict[str, float]:
+        m = self.model
+        feed = {m.x: np.asarray(x, np.float32), self._y: np.asarray(y, np.int64),
+                self._lr: float(lr)}
+        if self._kd:
+            if teacher_logits is None:
+                raise UserError("the loss has a distillation term (kd_weight > 0) but no teacher logits were given")
+            feed[self._teacher] = np.asarray(teacher_logits, np.float32)
+        if self._feature:
+            if feature_target is None or self._projection is None:
+                raise UserError("the loss has a feature term but no projection or target was given")
+            feed[self._P] = self._projection
+            feed[self._target] = np.asarray(feature_target, np.float32)
+        _, values = m.session.run([self._train_op, self._fetch], feed_dict=feed)
+        return {k: float(v) for k, v in values.items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        values = self.model.session.run(self._slots)
+        return {f"momentum/{k}": layout.from_tf(k, v).astype(np.float32) for k, v in values.items()}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore momentum buffers; a parameter without a buffer in ``state`` restarts at zero."""
+        shapes = self.model.graph.param_shapes()
+        tf_values = {}
+        for key, value in state.items():
+            name = key[len("momentum/"):] if key.startswith("momentum/") else None
+            if name not in self._slots:
+                raise UserError(f"optimizer state: unexpected entry '{key}' for model '{self.model.graph.arch}'")
+            value = np.asarray(value, np.float32)
+            if tuple(value.shape) != shapes[name]:
+                raise UserError(f"optimizer state: '{key}' has shape {tuple(value.shape)}, "
+                                f"expected {shapes[name]}")
+            tf_values[name] = layout.to_tf(name, value)
+        for name, slot in self._slots.items():
+            if name not in tf_values:
+                tf_values[name] = np.zeros(slot.shape, np.float32)
+        self._assigner.run(self.model.session, tf_values)
+
+
+class TFBackend(Backend):
+    name = "tf"
+
+    def __init__(self, intra_threads: int | None = None, inter_threads: int = 2):
+        self.intra_threads = int(intra_threads or os.cpu_count() or 1)
+        self.inter_threads = int(inter_threads)
+
+    def build(self, graph: Graph, params: Mapping[str, np.ndarray] | None = None) -> TFModel:
+        params = init_params(graph) if params is None else params
+        check_params(graph, params)
+        tf_values = {k: layout.to_tf(k, np.asarray(params[k], np.float32)) for k in graph.param_shapes()}
+        tf_graph = tf.Graph()
+        with tf_graph.as_default():
+            variables, taken = {}, set()
+            with _V1.variable_scope("params"):
+                for k, v in tf_values.items():
+                    variables[k] = _V1.get_variable(
+                        _tf_name(k, taken), shape=v.shape, dtype=tf.float32,
+                        initializer=_V1.zeros_initializer(), trainable=not Graph.is_buffer(k),
+                        use_resource=True)
+            x = _V1.placeholder(tf.float32, [None, *graph.input_shape], name="input")
+            x_nhwc = tf.transpose(x, layout.NCHW_TO_NHWC) if len(graph.input_shape) == 3 else x
+            with tf.name_scope("infer"):
+                infer = _forward_pass(graph, x_nhwc, variables, training=False, updates=[])
+            assigner = _Assigner(variables)
+        session = _V1.Session(graph=tf_graph, config=_session_config(self.intra_threads, self.inter_threads))
+        assigner.run(session, tf_values)  # assigning a resource variable also initialises it
+        return TFModel(graph, tf_graph, session, x, x_nhwc, infer, variables, assigner)
+
+    def get_weights(self, model: TFModel) -> dict[str, np.ndarray]:
+        values = model.session.run(model.variables)
+        return {k: layout.from_tf(k, v).astype(np.float32, copy=False) for k, v in values.items()}
+
+    def set_weights(self, model: TFModel, params: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        if strict:
+            check_params(model.graph, params)
+        else:
+            shapes = model.graph.param_shapes()
+            for k, v in params.items():
+                if k not in shapes:
+                    raise UserError(f"weights: model '{model.graph.arch}' has no parameter '{k}'")
+                if tuple(np.shape(v)) != shapes[k]:
+                    raise UserError(f"weights: '{k}' has shape {tuple(np.shape(v))}, "
+                                    f"model '{model.graph.arch}' expects {shapes[k]}")
+        model.assigner.run(model.session, {k: layout.to_tf(k, np.asarray(v, np.float32))
+                                           for k, v in params.items()})
+
+    def forward(self, model: TFModel, x: np.ndarray, taps: Sequence[str] = (),
+                bn_batch_stats: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        tensors = model.train if bn_batch_stats else model.infer
+        for n in taps:
+            model.graph[n]
+        fetch = {n: tensors[n] for n in taps}
+        logits, out = model.session.run([tensors[model.graph.output], fetch],
+                                        feed_dict={model.x: np.asarray(x, np.float32)})
+        return logits, {n: layout.nhwc_to_nchw(v) for n, v in out.items()}
+
+    def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
+        return TFTrainer(model, loss, optim or OptimSpec())

@@ -1,0 +1,213 @@
+"""PyTorch backend: a module that interprets a :class:`~compress_core.graph.Graph`.
+
+Canonical layout is PyTorch's own, so weights pass through unchanged; the work
+here is interpreting the graph and the training step of the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backends.base import Backend, LossSpec, Model, OptimSpec, Trainer
+from compress_core.checkpoint import check_params
+from compress_core.errors import UserError
+from compress_core.graph import Graph
+from compress_core.init import init_params
+
+
+def _key(name: str) -> str:
+    # module names may not contain '.'; canonical names keep them
+    return name.replace(".", "__")
+
+
+class GraphModule(nn.Module):
+    """An ``nn.Module`` that runs the nodes of a graph in order."""
+
+    def __init__(self, graph: Graph):
+        super().__init__()
+        self.graph = graph
+        shapes = graph.shapes()
+        layers = {}
+        for n in graph.nodes:
+            a = n.attrs
+            cin = shapes[n.inputs[0]][0] if n.inputs else None
+            if n.op == "conv":
+                layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"],
+                                                 a["dilation"], a["groups"], a["bias"])
+            elif n.op == "dense":
+                layers[_key(n.name)] = nn.Linear(cin, a["out"], a["bias"])
+            elif n.op == "bn":
+                cls = nn.BatchNorm2d if len(shapes[n.inputs[0]]) == 3 else nn.BatchNorm1d
+                layers[_key(n.name)] = cls(cin, eps=a["eps"], momentum=a["momentum"])
+            elif n.op == "select":
+                src = torch.tensor([j if j >= 0 else cin for j in a["src"]], dtype=torch.long)
+                self.register_buffer(f"_src_{_key(n.name)}", src, persistent=False)
+        self.layers = nn.ModuleDict(layers)
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] = (), bn_batch_stats: bool = False):
+        values = {"input": x}
+        for n in self.graph.nodes[1:]:
+            ins = [values[i] for i in n.inputs]
+            a = n.attrs
+            if n.op in ("conv", "dense"):
+                y = self.layers[_key(n.name)](ins[0])
+            elif n.op == "bn":
+                m = self.layers[_key(n.name)]
+                if bn_batch_stats and not self.training:
+                    y = F.batch_norm(ins[0], None, None, m.weight, m.bias, True, 0.0, m.eps)
+                else:
+                    y = m(ins[0])
+            elif n.op == "relu":
+                y = F.relu(ins[0])
+            elif n.op == "add":
+                y = ins[0]
+                for other in ins[1:]:
+                    y = y + other
+            elif n.op == "concat":
+                y = torch.cat(ins, dim=1)
+            elif n.op == "gap":
+                y = ins[0].mean(dim=(2, 3))
+            elif n.op == "flatten":
+                y = torch.flatten(ins[0], 1)
+            elif n.op == "maxpool":
+                y = F.max_pool2d(ins[0], a["k"], a["stride"])
+            elif n.op == "avgpool":
+                y = F.avg_pool2d(ins[0], a["k"], a["stride"])
+            elif n.op == "select":
+                s = int(a["stride"])
+                z = ins[0][:, :, ::s, ::s]
+                z = torch.cat([z, z.new_zeros((z.shape[0], 1) + z.shape[2:])], dim=1)
+                y = z.index_select(1, getattr(self, f"_src_{_key(n.name)}"))
+            values[n.name] = y
+        return values[self.graph.output], {t: values[t] for t in taps}
+
+
+class TorchModel(Model):
+    def __init__(self, graph: Graph, module: GraphModule, device: torch.device):
+        self.graph, self.module, self.device = graph, module, device
+
+
+def _tensors(module: GraphModule) -> dict[str, torch.Tensor]:
+    """Canonical name -> the live parameter or buffer tensor."""
+    out = {}
+    for n in module.graph.nodes:
+        if _key(n.name) not in module.layers:
+            continue
+        layer = module.layers[_key(n.name)]
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(layer, attr, None)
+            if isinstance(t, torch.Tensor):
+                out[f"{n.name}.{attr}"] = t
+    return out
+
+
+class TorchTrainer(Trainer):
+    def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec):
+        self.model, self.loss = model, loss
+        self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
+        self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
+        # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
+        self.opt = torch.optim.SGD(list(self.named.values()), lr=0.0, momentum=optim.momentum,
+                                   nesterov=optim.nesterov)
+        self.projection = None
+        if loss.feature_weight:
+            model.graph[loss.feature_tap]  # a clear error for an unknown tap
+
+    def set_projection(self, projection):
+        self.projection = torch.as_tensor(np.asarray(projection, np.float32), device=self.model.device)
+
+    def step(self, x, y, lr, teacher_logits=None, feature_target=None):
+        m, spec = self.model, self.loss
+        m.module.train()
+        taps = (spec.feature_tap,) if spec.feature_weight else ()
+        logits, acts = m.module(torch.as_tensor(x, device=m.device), taps)
+        target = torch.as_tensor(y, dtype=torch.long, device=m.device)
+        terms = {}
+        if spec.ce_weight:
+            terms["ce"] = spec.ce_weight * F.cross_entropy(logits, target)
+        if spec.weight_decay:
+            terms["wd"] = 0.5 * spec.weight_decay * sum((t * t).sum() for t in self.decayed)
+        if spec.kd_weight:
+            if teacher_logits is None:
+                raise UserError("the loss has a kd term but no teacher logits were given")
+            T = spec.kd_temperature
+            t = torch.as_tensor(teacher_logits, device=m.device)
+            kl = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t / T, 1), reduction="batchmean",
+                          log_target=True)
+            terms["kd"] = spec.kd_weight * T * T * kl
+        if spec.feature_weight:
+            if feature_target is None or self.projection is None:
+                raise UserError("the loss has a feature term but no projection or target was given")
+            z = torch.flatten(acts[spec.feature_tap], 1) @ self.projection
+            t = torch.as_tensor(np.asarray(feature_target, np.float32), device=m.device)
+            terms["feature"] = spec.feature_weight * ((z - t) ** 2).mean()
+        total = sum(terms.values())
+        for group in self.opt.param_groups:
+            group["lr"] = float(lr)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        m.module.eval()
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+    def state(self):
+        out = {}
+        for k, t in self.named.items():
+            buf = self.opt.state.get(t, {}).get("momentum_buffer")
+            out[f"momentum/{k}"] = (buf.detach().cpu().numpy().copy() if buf is not None
+                                    else np.zeros(tuple(t.shape), np.float32))
+        return out
+
+    def load_state(self, state):
+        for k, t in self.named.items():
+            v = state.get(f"momentum/{k}")
+            if v is None or tuple(v.shape) != tuple(t.shape):
+                raise UserError(f"optimiser state has no matching entry for '{k}'")
+            self.opt.state[t]["momentum_buffer"] = torch.as_tensor(v, device=t.device).clone()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, device: str | None = None, threads: int | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if threads:
+            torch.set_num_threads(threads)
+
+    def build(self, graph, params=None):
+        module = GraphModule(graph).to(self.device).eval()
+        model = TorchModel(graph, module, self.device)
+        self.set_weights(model, init_params(graph) if params is None else params)
+        return model
+
+    def get_weights(self, model):
+        return {k: t.detach().cpu().numpy().astype(np.float32, copy=True)
+                for k, t in _tensors(model.module).items()}
+
+    def set_weights(self, model, params: Mapping[str, np.ndarray], strict=True):
+        live = _tensors(model.module)
+        if strict:
+            check_params(model.graph, params)
+        with torch.no_grad():
+            for k, v in params.items():
+                if k not in live or tuple(live[k].shape) != tuple(np.shape(v)):
+                    raise UserError(f"cannot set '{k}': model '{model.graph.arch}' has "
+                                    f"{tuple(live[k].shape) if k in live else 'no such parameter'}")
+                live[k].copy_(torch.as_tensor(np.asarray(v, np.float32)))
+
+    def forward(self, model, x, taps=(), bn_batch_stats=False):
+        model.module.eval()
+        with torch.no_grad():
+            logits, acts = model.module(torch.as_tensor(np.asarray(x, np.float32), device=model.device),
+                                        taps, bn_batch_stats)
+        return logits.cpu().numpy(), {k: v.cpu().numpy() for k, v in acts.items()}
+
+    def trainer(self, model, loss, optim=None):
+        return TorchTrainer(model, loss, optim or OptimSpec())

@@ -1,0 +1,410 @@
+"""Datasets, splits, normalisation, augmentation and batching in plain numpy.
+
+Every backend (PyTorch, TensorFlow, ...) consumes the same numpy batches produced
+here, so given the same seed both see byte-identical data in identical order.
+
+Canonical layout: images are ``float32`` arrays of shape ``[N, C, H, W]`` (NCHW),
+labels are ``int64`` arrays of shape ``[N]``.
+
+Protocol for honest evaluation: hyper-parameters, early stopping and any model
+selection use the *validation* split only; the *test* split is evaluated once,
+at the end, and never drives a decision.  Normalisation statistics are computed
+on the training split only so that no information leaks from val/test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from compress_core.errors import UserError, check
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "synthetic")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled image set in canonical layout.
+
+    ``x`` is coerced to ``float32 [N, C, H, W]`` and ``y`` to ``int64 [N]``;
+    labels must lie in ``[0, num_classes)``.  Invalid contents raise
+    :class:`UserError`, because datasets usually come from user-supplied files.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    name: str = ""
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        x = np.asarray(self.x, dtype=np.float32)
+        y = np.asarray(self.y)
+        check(x.ndim == 4, f"dataset {self.name!r}: x must be [N,C,H,W], got shape {x.shape}")
+        check(y.ndim == 1, f"dataset {self.name!r}: y must be [N], got shape {y.shape}")
+        check(len(x) == len(y), f"dataset {self.name!r}: {len(x)} images but {len(y)} labels")
+        check(y.size == 0 or np.issubdtype(y.dtype, np.integer),
+              f"dataset {self.name!r}: labels must be integers, got dtype {y.dtype}")
+        check(int(self.num_classes) >= 1, f"dataset {self.name!r}: num_classes={self.num_classes} < 1")
+        check(y.size == 0 or (y.min() >= 0 and y.max() < self.num_classes),
+              f"dataset {self.name!r}: labels must be in [0, {self.num_classes}), "
+              f"got range [{y.min() if y.size else 0}, {y.max() if y.size else 0}]")
+        if self.class_names is not None:
+            check(len(self.class_names) == self.num_classes,
+                  f"dataset {self.name!r}: {len(self.class_names)} class names for "
+                  f"num_classes={self.num_classes}")
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y.astype(np.int64, copy=False))
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        """Return a new dataset with the samples at ``indices`` (copied)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return dataclasses.replace(self, x=self.x[indices], y=self.y[indices])
+
+
+class Splits(NamedTuple):
+    """Result of :func:`split`: disjoint train / val / test datasets."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class DataSplits:
+    """What training code needs: normalised splits plus the statistics used.
+
+    ``train``, ``val`` and ``test`` already hold normalised images
+    ``(x - mean[c]) / std[c]``; ``mean``/``std`` (``float32 [C]``) were computed on
+    the training split only and must be reused for any new data at inference.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    mean: np.ndarray
+    std: np.ndarray
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def load_digits_dataset() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images) as ``[N, 1, 8, 8]`` in ``[0, 1]``.
+
+    Embedded in scikit-learn, so it needs no network: the default dataset for
+    quick experiments and tests.  Raw pixel values are 0..16, so ``x = raw / 16``.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None]
+    return Dataset(x, bunch.target, 10, "digits", tuple(str(t) for t in bunch.target_names))
+
+
+_CIFAR_LAYOUT = {
+    # num_classes: (folder, archive file, train files, test files, meta file)
+    10: ("cifar-10-batches-py", "cifar-10-python.tar.gz",
+         tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta"),
+    100: ("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), "meta"),
+}
+
+# The only globals a CIFAR pickle (python 2 or 3, numpy 1 or 2) needs to rebuild
+# its uint8 arrays; anything else is refused, so a crafted file cannot run code.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} not allowed")
+        return super().find_class(module, name)
+
+
+def _unpickle(fileobj, where: str) -> dict:
+    try:
+        obj = _SafeUnpickler(fileobj, encoding="bytes").load()
+    except Exception as exc:  # corrupt / truncated / hostile file
+        raise UserError(f"cannot read CIFAR pickle {where}: {exc}") from exc
+    check(isinstance(obj, dict), f"CIFAR pickle {where} does not hold a dict")
+    return obj
+
+
+def _read_cifar_pickles(path: Path, folder: str, archive: str, names: tuple[str, ...]) -> dict:
+    """Unpickle ``names`` from a CIFAR folder, its parent, or the ``.tar.gz`` archive."""
+    check(path.exists(), f"CIFAR path does not exist: {path}")
+    if path.is_dir() and not (path / folder).is_dir() and (path / archive).is_file():
+        path = path / archive
+    if path.is_dir():
+        base = path / folder if (path / folder).is_dir() else path
+        missing = [n for n in names if not (base / n).is_file()]
+        check(not missing, f"CIFAR directory {base} is missing file(s): {', '.join(missing)}")
+        out = {}
+        for n in names:
+            with open(base / n, "rb") as f:
+                out[n] = _unpickle(f, str(base / n))
+        return out
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+            found = {n: members.get(f"{folder}/{n}", members.get(n)) for n in names}
+            missing = [f"{folder}/{n}" for n, m in found.items() if m is None]
+            check(not missing, f"CIFAR archive {path} is missing file(s): {', '.join(missing)}")
+            return {n: _unpickle(tar.extractfile(m), f"{path}:{m.name}") for n, m in found.items()}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"CIFAR path {path} is neither a CIFAR directory nor a readable tar archive: "
+                        f"{exc}") from exc
+
+
+def _field(d: dict, key: bytes, where: str):
+    check(key in d, f"CIFAR pickle {where} has no {key.decode()!r} entry")
+    return d[key]
+
+
+def load_cifar(path: str | Path, num_classes: int = 10,
+               label_mode: str = "fine") -> tuple[Dataset, Dataset]:
+    """Load CIFAR-10/100 from the standard python-pickle release; returns ``(train, test)``.
+
+    ``path`` may be the extracted folder (``cifar-10-batches-py/`` or
+    ``cifar-100-python/``), its parent directory, or the downloaded
+    ``.tar.gz`` archive, which is read in memory without extracting.  Each
+    pickle row is 3072 uint8 values in row-major ``[3, 32, 32]`` (CHW) order,
+    so ``x = data.reshape(N, 3, 32, 32) / 255``.  For CIFAR-100,
+    ``label_mode="coarse"`` selects the 20 super-classes instead of the 100
+    fine classes.  Pickles are read with a restricted unpickler that only
+    rebuilds numpy arrays.
+    """
+    check(num_classes in _CIFAR_LAYOUT, f"num_classes must be 10 or 100 for CIFAR, got {num_classes!r}")
+    check(label_mode in ("fine", "coarse"), f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    check(num_classes == 100 or label_mode == "fine",
+          f"label_mode={label_mode!r} only exists for CIFAR-100")
+    folder, archive, train_files, test_files, meta_file = _CIFAR_LAYOUT[num_classes]
+    pickles = _read_cifar_pickles(Path(path), folder, archive, (*train_files, *test_files, meta_file))
+
+    if num_classes == 10:
+        label_key, names_key, n_out, name = b"labels", b"label_names", 10, "cifar10"
+    else:
+        label_key, names_key = (label_mode.encode() + b"_labels", label_mode.encode() + b"_label_names")
+        n_out, name = (100, "cifar100") if label_mode == "fine" else (20, "cifar100-coarse")
+    class_names = tuple(s.decode() if isinstance(s, bytes) else str(s)
+                        for s in _field(pickles[meta_file], names_key, meta_file))
+
+    def build(files: tuple[str, ...]) -> Dataset:
+        data = np.concatenate([np.asarray(_field(pickles[f], b"data", f), dtype=np.uint8) for f in files])
+        labels = np.concatenate([np.asarray(_field(pickles[f], label_key, f), dtype=np.int64) for f in files])
+        check(data.ndim == 2 and data.shape[1] == 3 * 32 * 32,
+              f"CIFAR data in {files[0]} must be [N, 3072], got shape {data.shape}")
+        x = data.reshape(-1, 3, 32, 32).astype(np.float32) / np.float32(255.0)
+        return Dataset(x, labels, n_out, name, class_names)
+
+    return build(train_files), build(test_files)
+
+
+def synthetic_dataset(n: int, num_classes: int, shape: tuple[int, int, int] = (3, 8, 8),
+                      seed: int = 0, noise: float = 1.0) -> Dataset:
+    """Deterministic learnable toy data for tests.
+
+    Each class ``k`` has a fixed random prototype ``p_k ~ N(0, 1)`` of ``shape``;
+    sample ``i`` is ``x_i = p_{y_i} + noise * eps_i`` with ``eps_i ~ N(0, 1)``.
+    Class means differ, so even a tiny network separates the classes.  Labels
+    are balanced (``i mod num_classes``, then shuffled).
+    """
+    check(n >= 1, f"synthetic n must be >= 1, got {n}")
+    check(num_classes >= 1, f"synthetic num_classes must be >= 1, got {num_classes}")
+    check(len(shape) == 3 and min(shape) >= 1, f"synthetic shape must be (C, H, W), got {shape}")
+    rng = np.random.default_rng(seed)
+    prototypes = rng.standard_normal((num_classes, *shape), dtype=np.float32)
+    y = rng.permutation(np.arange(n) % num_classes)
+    x = prototypes[y] + np.float32(noise) * rng.standard_normal((n, *shape), dtype=np.float32)
+    return Dataset(x, y, num_classes, "synthetic")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(mean, std)`` over ``N, H, W`` of ``x`` (``float32 [C]`` each).
+
+    Call it on the *training* split only.  Accumulates in float64 one channel at
+    a time (no full float64 copy of ``x``).  A constant channel gets ``std = 1``
+    so that normalising it cannot divide by zero.
+    """
+    check(x.ndim == 4 and x.shape[0] > 0, f"channel_stats needs non-empty [N,C,H,W], got shape {x.shape}")
+    mean = np.empty(x.shape[1], np.float64)
+    std = np.empty(x.shape[1], np.float64)
+    for c in range(x.shape[1]):
+        xc = x[:, c]
+        mean[c] = xc.mean(dtype=np.float64)
+        d = xc - np.float32(mean[c])
+        std[c] = math.sqrt(np.mean(d * d, dtype=np.float64))
+    std[std < 1e-12] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Per-channel standardisation ``(x[:, c] - mean[c]) / std[c]`` of ``[N, C, H, W]``.
+
+    With ``copy=False`` a float32 ``x`` is overwritten in place (saves memory on
+    CIFAR-sized arrays).
+    """
+    mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    check(x.ndim == 4 and mean.size == x.shape[1] == std.size,
+          f"normalize: x shape {x.shape} does not match {mean.size} channel statistics")
+    check(bool(np.all(std > 0)), f"normalize: std must be > 0, got {std.ravel()}")
+    out = np.array(x, dtype=np.float32, copy=True if copy else None)
+    out -= mean
+    out /= std
+    return out
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split(dataset: Dataset, val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> Splits:
+    """Deterministic stratified split into disjoint train / val / test covering all samples.
+
+    Within each class ``k`` (with ``n_k`` samples, shuffled by
+    ``default_rng(seed)``) ``round(n_k * test_fraction)`` go to test,
+    ``round(n_k * val_fraction)`` to val and the rest to train, so every class
+    keeps its proportion in every split.  Indices inside each split stay in
+    original order.  Select models on ``val``; touch ``test`` only for the final
+    report.
+    """
+    check(0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}")
+    check(0.0 <= test_fraction < 1.0, f"test_fraction must be in [0, 1), got {test_fraction}")
+    check(val_fraction + test_fraction < 1.0,
+          f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for k in range(dataset.num_classes):
+        idx = rng.permutation(np.flatnonzero(dataset.y == k))
+        n_test = math.floor(len(idx) * test_fraction + 0.5)
+        n_val = math.floor(len(idx) * val_fraction + 0.5)
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    return Splits(*(dataset.subset(np.sort(np.concatenate(p))) for p in parts))
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def random_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirror each image horizontally (``W`` axis) with probability 0.5; returns a new array."""
+    flip = rng.random(len(x)) < 0.5
+    out = x.copy()
+    out[flip] = x[flip, :, :, ::-1]
+    return out
+
+
+def random_pad_crop(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """Zero-pad by ``pad`` on each side, then crop a random ``H x W`` window per image.
+
+    Offsets ``(dy, dx)`` are drawn uniformly from ``0..2*pad``, so
+    ``out[i] = padded[i, :, dy_i:dy_i+H, dx_i:dx_i+W]``; (pad, pad) is the
+    identity.  One vectorised gather over a sliding-window view, no per-image
+    loop.  On normalised data the zero border equals the channel mean.
+    """
+    check(pad >= 0, f"pad must be >= 0, got {pad}")
+    n, _, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
+    return windows[np.arange(n), :, dy, dx]  # [N, C, H, W]
+
+
+def flip_and_crop(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Standard CIFAR augmentation: :func:`random_pad_crop` (pad 4) then :func:`random_flip`."""
+    return random_flip(random_pad_crop(x, rng), rng)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches per epoch: ``floor(n / b)`` with ``drop_last`` else ``ceil(n / b)``."""
+    check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def iterate_batches(dataset: Dataset, batch_size: int, shuffle: bool,
+                    rng: np.random.Generator | None = None, augment: Augment | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(x, y)`` numpy batches covering the dataset once (one epoch).
+
+    The order is ``rng.permutation(N)`` when ``shuffle`` else ``0..N-1``; then
+    each batch is passed through ``augment(x, rng)``.  All randomness comes
+    from ``rng`` in a fixed order, so two backends given generators with the
+    same seed receive byte-identical batches.  ``drop_last`` drops a final
+    batch smaller than ``batch_size``.
+    """
+    n_batches = num_batches(len(dataset), batch_size, drop_last)  # validates eagerly
+    check(rng is not None or not (shuffle or augment),
+          "iterate_batches: shuffle/augment need a numpy Generator rng, got rng=None")
+    return _batches(dataset, batch_size, n_batches, shuffle, rng, augment)
+
+
+def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
+             rng: np.random.Generator | None, augment: Augment | None):
+    order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
+    for b in range(n_batches):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        x = dataset.x[idx]
+        yield (augment(x, rng) if augment is not None else x), dataset.y[idx]
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+
+def get_dataset(name: str, path: str | Path | None = None, *, val_fraction: float = 0.1,
+                test_fraction: float = 0.1, seed: int = 0, label_mode: str = "fine",
+                synthetic_n: int = 512, synthetic_classes: int = 4,
+                synthetic_shape: tuple[int, int, int] = (3, 8, 8)) -> DataSplits:
+    """Load dataset ``name`` and return normalised, stratified train/val/test splits.
+
+    * ``digits`` / ``synthetic``: one array split into train/val/test by
+      :func:`split` with ``val_fraction`` / ``test_fraction``.
+    * ``cifar10`` / ``cifar100``: ``path`` is required (see :func:`load_cifar`);
+      val is split off the training archive, test is the official test archive,
+      so ``test_fraction`` is ignored.
+
+    Mean/std come from the train split only and are applied to all three.
+    """
+    check(name in DATASET_NAMES, f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    is_cifar = name.startswith("cifar")
+    check(is_cifar or path is None, f"dataset {name!r} takes no path, got path={path!r}")
+    if is_cifar:
+        check(path is not None, f"dataset {name!r} needs path= to the CIFAR folder or .tar.gz")
+        full_train, test = load_cifar(path, 10 if name == "cifar10" else 100, label_mode)
+        train, val, _ = split(full_train, val_fraction, 0.0, seed)
+        del full_train
+    else:
+        full = (load_digits_dataset() if name == "digits"
+                else synthetic_dataset(synthetic_n, synthetic_classes, synthetic_shape, seed))
+        train, val, test = split(full, val_fraction, test_fraction, seed)
+    mean, std = channel_stats(train.x)
+    # subsets and freshly loaded arrays are private copies: normalise in place
+    train, val, test = (dataclasses.replace(d, x=normalize(d.x, mean, std, copy=False))
+                        for d in (train, val, test))
+    return DataSplits(train, val, test, train.num_classes, mean, std)

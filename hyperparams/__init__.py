@@ -1,0 +1,1 @@
+"""Hyperparameter files, one per experiment (plain Python exposing get_config())."""

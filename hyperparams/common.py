@@ -1,0 +1,125 @@
+"""Sections shared by the hyperparameter files; every field is explained here once.
+
+An experiment file calls these builders with the values that make it that
+experiment and adds its method's own section.
+"""
+
+from ml_collections import ConfigDict
+
+
+def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
+         test_fraction: float = 0.15) -> ConfigDict:
+    return ConfigDict({
+        "name": name,                    # digits (bundled), cifar10, cifar100, synthetic
+        "path": path,                    # CIFAR: folder or .tar.gz of the python-pickle archive
+        "val_fraction": val_fraction,    # share of the training data held out for model selection
+        "test_fraction": test_fraction,  # digits only: share held out as test set (CIFAR has its own)
+    })
+
+
+def train(epochs: int, lr: float, batch_size: int = 128, schedule: str = "step",
+          milestones: tuple = (), gamma: float = 0.1, weight_decay: float = 5e-4,
+          momentum: float = 0.9, nesterov: bool = True, augment: bool = True) -> ConfigDict:
+    return ConfigDict({
+        "epochs": epochs,              # passes over the training split
+        "batch_size": batch_size,      # images per SGD step
+        "lr": lr,                      # initial learning rate
+        "schedule": schedule,          # step (x gamma at each milestone), cosine or constant
+        "milestones": tuple(milestones),  # epochs at which a step schedule multiplies lr by gamma
+        "gamma": gamma,                # step schedule factor
+        "weight_decay": weight_decay,  # coefficient of 0.5*||w||^2 on conv/dense weights and biases
+        "momentum": momentum,          # SGD momentum
+        "nesterov": nesterov,          # Nesterov momentum (the CDC reference uses it)
+        "augment": augment,            # random 4-pixel pad-and-crop plus horizontal flip
+    })
+
+
+def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
+    return ConfigDict({
+        "seed": seed,              # data split, shuffling and initialisation
+        "workdir": workdir,        # where config, checkpoints, metrics and log go
+        "model": ConfigDict({
+            "name": model,  # zoo name: resnet20..110, resnet164, vgg16, densenet40
+            "init": "",     # optional checkpoint to start from (same architecture)
+        }),
+        "data": data(**data_kw),
+    })
+
+
+def validate_train(cfg) -> None:
+    """Checks every file with a ``train`` section runs from its ``validate``."""
+    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.zoo import MODELS
+
+    check_choice(cfg, "model.name", list(MODELS))
+    check_choice(cfg, "data.name", ["digits", "cifar10", "cifar100", "synthetic"])
+    for f in ("train.epochs", "train.batch_size", "train.lr"):
+        check_positive(cfg, f)
+    check_range(cfg, "train.weight_decay", 0.0, None)
+    check_range(cfg, "train.momentum", 0.0, 1.0)
+    check_range(cfg, "data.val_fraction", 0.0, 1.0, lo_inclusive=False)
+    check_choice(cfg, "train.schedule", ["step", "cosine", "constant"])
+
+
+def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
+        num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", teacher: str = "",
+        bn_mode: str = "inference", score_batch_size: int = 256, min_width: int = 1,
+        multiple: int = 1, widths: tuple = ()) -> ConfigDict:
+    from ml_collections import config_dict
+
+    return ConfigDict({
+        "teacher": teacher,          # trained checkpoint to prune; empty: train one with the `train` section
+        "scorer": scorer,            # gsd (symmetric divergence), abs_snr, fdr, t_test, di
+        "ridge": config_dict.placeholder(float),  # scorer ridge; None: the reference's (gsd 0.05, others 1e-4)
+        "bn_mode": bn_mode,          # inference: BN running stats; batch: the reference's batch statistics
+        "score_batch_size": score_batch_size,  # images per scoring batch (the BN batch in batch mode)
+        "plan": plan,                # uniform (ratio), predefined (widths), macs (mac_target)
+        "ratio": ratio,              # uniform plan: remove floor(C * ratio) channels of every mask
+        "widths": tuple(widths),     # predefined plan: channels kept per mask, in mask order
+        "mac_target": mac_target,    # macs plan: fraction of the unpruned MACs to keep
+        "min_width": min_width,      # no mask keeps fewer channels
+        "multiple": multiple,        # round kept widths up to a multiple (8 suits vector units); 1: off
+        "block_threshold": block_threshold,  # blocks <= this are scored with coarse labels; -1: all fine
+        "coarse_labels": coarse_labels,  # file with one group id per class; empty: from the confusion matrix
+        "num_coarse": num_coarse,    # groups when computed (spectral clustering of validation confusions)
+    })
+
+
+def distill(epochs: int, lr: float, enabled: bool = True, kd_weight: float = 1.0, kd_temperature: float = 1.0,
+            dca_weight: float = 0.0, dca_tap: str = "", dca_labels: str = "coarse", dca_refit_every: int = 80,
+            **train_kw) -> ConfigDict:
+    c = train(epochs=epochs, lr=lr, **train_kw)
+    c.update({
+        "enabled": enabled,            # cdc_prune: distil after fine-tuning
+        "student": "",                 # cdc_distill: pruned checkpoint (cdc_prune passes its own)
+        "kd_weight": kd_weight,        # weight of T^2 * KL(teacher || student) at temperature T
+        "kd_temperature": kd_temperature,  # T (the reference: 1, where the T^2 factor is 1)
+        "dca_weight": dca_weight,      # weight of the DCA intermediate loss (the reference ships 0)
+        "dca_tap": dca_tap,            # node whose output is projected (same name in teacher and student)
+        "dca_labels": dca_labels,      # coarse or fine labels for the DCA subspaces
+        "dca_refit_every": dca_refit_every,  # epochs between refits of the student subspace
+    })
+    return c
+
+
+def validate_cdc(cfg) -> None:
+    """Checks of a CDC file, before anything runs: scorer, ratio, threshold against the model."""
+    from compress_core import cdc as cdc_core
+    from compress_core import zoo
+    from compress_core.config import check_choice, check_range
+    from compress_core.errors import UserError
+
+    validate_train(cfg)
+    check_choice(cfg, "cdc.scorer", ["gsd", "abs_snr", "fdr", "t_test", "di"])
+    check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs"])
+    check_choice(cfg, "cdc.bn_mode", ["inference", "batch"])
+    check_range(cfg, "cdc.ratio", 0.0, 1.0)
+    check_range(cfg, "cdc.mac_target", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
+    check_choice(cfg, "distill.dca_labels", ["coarse", "fine"])
+    blocks = cdc_core.mask_points(zoo.build(cfg.model.name))[-1].block + 1
+    if not -1 <= cfg.cdc.block_threshold < blocks:
+        raise UserError(f"config field 'cdc.block_threshold' is {cfg.cdc.block_threshold}, past the last block "
+                        f"of {cfg.model.name} (blocks 0..{blocks - 1}; -1 for fine labels everywhere)")
+    if cfg.cdc.block_threshold >= 0 and not cfg.cdc.coarse_labels and cfg.cdc.num_coarse < 2:
+        raise UserError("coarse labels are used (cdc.block_threshold >= 0): set cdc.coarse_labels "
+                        "or cdc.num_coarse >= 2")

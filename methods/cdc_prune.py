@@ -1,0 +1,186 @@
+"""CDC pruning: ``python -m methods.cdc_prune --backend tf|torch [--config hyperparams/cdc_*.py]``.
+
+Class-discriminative compression (Liu, Wentzlaff, Kung, ICPR 2022): score every
+channel at the post-BN-ReLU input of each convolution by how well it separates
+the classes (one-versus-rest, averaged over classes), coarse labels for early
+blocks and fine labels for later ones; keep the best channels of every mask;
+fine-tune; optionally distil from the unpruned network (``methods.cdc_distill``).
+
+Work directory: ``baseline/`` (when no ``cdc.teacher`` is given), ``scores.npz``
+and ``pruned.safetensors`` (scores, kept channels, the pruned network before
+fine-tuning), ``finetune/``, ``distill/``, ``metrics.json``, ``widths.png``, ``log.txt``.
+Every stage resumes from what an earlier run left there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from compress_core import cdc, checkpoint, data, flops
+from compress_core.criteria import discriminant
+from methods import common
+from methods.cdc_distill import coarse_groups_for, distill
+
+STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
+
+
+def get_teacher(ctx: common.Context):
+    if ctx.cfg.cdc.teacher:
+        return common.load_model(ctx.backend, ctx.cfg.cdc.teacher, ctx.splits)
+    common.log.info("no cdc.teacher given: training the baseline first")
+    model = common.build_model(ctx)
+    common.fit(ctx, model, ctx.cfg.train, "baseline")
+    return model
+
+
+def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarray]:
+    """One pass over the training split (no augmentation): a score per channel of every mask.
+
+    For the streaming scorers only per-class moments are kept (``ClassStats``), so
+    memory does not grow with the number of images; ``di`` needs each channel's
+    full spatial scatter and keeps the features of its taps.
+    """
+    c = ctx.cfg.cdc
+    fine_k = ctx.splits.num_classes
+
+    def level(p):
+        return "coarse" if groups is not None and p.block <= c.block_threshold else "fine"
+
+    def labels(lvl, y):
+        return groups[y] if lvl == "coarse" else y
+
+    keys = sorted({(p.tap, level(p)) for p in points})
+    shapes = model.graph.shapes()
+    num = {"fine": fine_k, "coarse": int(groups.max()) + 1 if groups is not None else 0}
+    if c.scorer in STREAMING:
+        stats = {key: discriminant.ClassStats(num[key[1]], shapes[key[0]][0]) for key in keys}
+    else:
+        feats = {key: [] for key in keys}
+    taps = sorted({t for t, _ in keys})
+    batches = data.iterate_batches(ctx.splits.train, c.score_batch_size, False)
+    total = data.num_batches(len(ctx.splits.train), c.score_batch_size)
+    for acts, y in tqdm(ctx.backend.stream(model, batches, taps, c.bn_mode == "batch"), total=total,
+                        desc="scoring", leave=False, disable=None):
+        for key in keys:
+            if c.scorer in STREAMING:
+                stats[key].update(acts[key[0]], labels(key[1], y))
+            else:
+                feats[key].append((acts[key[0]], labels(key[1], y)))
+    if c.scorer in STREAMING:
+        result = {key: s.scores(c.scorer, c.ridge) for key, s in stats.items()}
+    else:
+        result = {key: discriminant.di_scores(np.concatenate([f for f, _ in v]), np.concatenate([y for _, y in v]),
+                                             **({} if c.ridge is None else {"rho": c.ridge}))
+                  for key, v in feats.items()}
+    return [result[(p.tap, level(p))] for p in points]
+
+
+def plan_counts(ctx: common.Context, graph, points) -> list[int]:
+    c = ctx.cfg.cdc
+    if c.plan == "predefined":
+        return cdc.check_counts(points, list(c.widths), c.min_width)
+    ratio = c.ratio
+    if c.plan == "macs":
+        ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, c.multiple)
+        common.log.info("uniform ratio %.4f meets the MAC target %.3f", ratio, c.mac_target)
+    counts = cdc.uniform_counts(points, ratio, c.min_width, c.multiple)
+    for p, k in zip(points, counts):
+        if k == p.width:
+            common.log.info("mask at '%s' keeps all %d channels (ratio %.3f removes none)", p.conv, k, ratio)
+    return counts
+
+
+def prune(ctx: common.Context, teacher):
+    """Score, plan and cut; resumes from ``pruned.safetensors`` when present."""
+    path, scores_path = ctx.path("pruned.safetensors"), ctx.path("scores.npz")
+    graph = teacher.graph
+    points = cdc.mask_points(graph)
+    groups = coarse_groups_for(ctx, teacher)
+    if os.path.exists(path) and os.path.exists(scores_path):
+        common.log.info("pruned network found in %s: scoring skipped", path)
+        saved = np.load(scores_path)
+        keeps = [saved[f"keep_{i}"] for i in range(len(points))]
+        return common.load_model(ctx.backend, path), points, keeps, groups
+    scores = score_channels(ctx, teacher, points, groups)
+    keeps = cdc.select_top(scores, plan_counts(ctx, graph, points))
+    small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps)
+    np.savez(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
+             **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
+    checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
+    return ctx.backend.build(small, params), points, keeps, groups
+
+
+def report_row(ctx, name: str, model) -> dict:
+    row = {"model": name, **common.cost(model)}
+    for split in ("val", "test"):
+        row[f"{split}_accuracy"] = common.evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"]
+    for b in (1, 32):
+        row[f"latency_b{b}_ms"] = common.latency(ctx.backend, model, b)
+    return row
+
+
+def print_table(rows: list[dict]) -> str:
+    head = f"{'model':<14}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<14}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
+                     f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}")
+    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time")
+    return "\n".join(lines)
+
+
+def plot_widths(path: str, layers: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(layers)), 3.5))
+    x = np.arange(len(layers))
+    ax.bar(x, [r["before"] for r in layers], color="#cccccc", label="before")
+    ax.bar(x, [r["after"] for r in layers], color="#1f77b4", label="kept")
+    ax.set_xticks(x, [r["conv"] for r in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("input channels")
+    ax.set_title("CDC: channels kept per mask")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(ctx: common.Context) -> dict:
+    teacher = get_teacher(ctx)
+    student, points, keeps, groups = prune(ctx, teacher)
+    rows = [report_row(ctx, "baseline", teacher), report_row(ctx, "pruned", student)]
+    common.fit(ctx, student, ctx.cfg.finetune, "finetune")
+    rows.append(report_row(ctx, "fine-tuned", student))
+    if ctx.cfg.distill.enabled:
+        distill(ctx, student, teacher, groups)
+        rows.append(report_row(ctx, "distilled", student))
+    layers = [{"conv": p.conv, "mode": p.mode, "block": p.block, "before": p.width, "after": len(k)}
+              for p, k in zip(points, keeps)]
+    table = print_table(rows)
+    print(table)
+    print("kept input channels per mask: " + ", ".join(f"{r['conv']} {r['after']}/{r['before']}" for r in layers))
+    plot_widths(ctx.path("widths.png"), layers)
+    base = flops.count_macs(teacher.graph)
+    metrics = {"backend": ctx.backend.name, "rows": rows, "layers": layers,
+               "mac_fraction": rows[-1]["macs"] / base,
+               "coarse_groups": None if groups is None else groups.tolist(),
+               "checkpoint": ctx.path("distill" if ctx.cfg.distill.enabled else "finetune", "best.safetensors")}
+    common.write_metrics(ctx, metrics)
+    return metrics
+
+
+def cli(argv=None) -> int:
+    return common.main(run, __doc__.splitlines()[0], "cdc_resnet20_digits.py", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,153 @@
+"""The adapter contract (backends/base.py), checked against a numpy oracle, for every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends.base import LossSpec, OptimSpec
+from compress_core import zoo
+from compress_core.errors import UserError
+from tests import oracle
+from tests.conftest import close, tiny_graph, trained_like
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(6, 3, 9, 10)).astype(np.float32), rng.integers(0, 5, 6)
+
+
+def test_forward_and_taps_match_numpy_oracle(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    taps = ["r1", "sc", "cat", "s2", "flat", "bn3"]
+    logits, acts = backend.forward(model, batch[0], taps)
+    ref = oracle.forward(g, params, batch[0])
+    assert logits.shape == (6, 5)
+    assert close(ref["out"], logits) < 1e-5
+    for t in taps:
+        assert acts[t].shape == ref[t].shape, t  # taps come back NCHW
+        assert close(ref[t], acts[t]) < 1e-5, t
+
+
+def test_bn_batch_statistics_mode_matches_oracle_and_changes_nothing(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    logits, _ = backend.forward(model, batch[0], bn_batch_stats=True)
+    assert close(oracle.forward(g, params, batch[0], bn_batch_stats=True)["out"], logits) < 1e-5
+    after = backend.get_weights(model)
+    assert all(np.array_equal(after[k], params[k]) for k in params)  # running stats untouched
+
+
+def test_weights_round_trip_exactly_and_reject_wrong_shapes(backend):
+    g = zoo.build("resnet20", 10, (3, 8, 8))
+    params = trained_like(g, seed=3)
+    model = backend.build(g, params)
+    out = backend.get_weights(model)
+    assert set(out) == set(g.param_shapes())
+    assert all(np.array_equal(out[k], params[k]) and out[k].dtype == np.float32 for k in params)
+    backend.set_weights(model, {"fc.bias": np.ones(10, np.float32)}, strict=False)
+    assert np.array_equal(backend.get_weights(model)["fc.bias"], np.ones(10))
+    with pytest.raises(UserError, match="fc.bias"):
+        backend.set_weights(model, {"fc.bias": np.ones(3, np.float32)}, strict=False)
+    with pytest.raises(UserError, match="missing"):
+        backend.set_weights(model, {"fc.bias": np.ones(10, np.float32)})
+
+
+
+def test_training_step_reports_terms_and_decreases_the_loss(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    trainer = backend.trainer(model, LossSpec(weight_decay=1e-3), OptimSpec(0.9, True))
+    first = trainer.step(*batch, lr=0.05)
+    assert set(first) == {"ce", "wd", "loss"}
+    assert first["loss"] == pytest.approx(first["ce"] + first["wd"], rel=1e-6)
+    # decay covers conv and dense weights and biases, not BatchNorm; values before the update
+    decayed = [v for k, v in params.items() if g[k.rsplit(".", 1)[0]].op in ("conv", "dense")]
+    assert first["wd"] == pytest.approx(0.5e-3 * sum(float((v.astype(np.float64) ** 2).sum())
+                                                    for v in decayed), rel=1e-5)
+    for _ in range(20):
+        last = trainer.step(*batch, lr=0.05)
+    assert last["ce"] < 0.5 * first["ce"]
+
+
+def test_training_updates_running_statistics_like_pytorch(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    backend.trainer(model, LossSpec()).step(*batch, lr=0.0)
+    ref = oracle.forward(g, params, batch[0], bn_batch_stats=True)
+    z = ref["c1"]
+    m = 0.1
+    n = z.shape[0] * z.shape[2] * z.shape[3]
+    want_mean = (1 - m) * params["bn1.running_mean"] + m * z.mean((0, 2, 3))
+    want_var = (1 - m) * params["bn1.running_var"] + m * z.var((0, 2, 3)) * n / (n - 1)
+    got = backend.get_weights(model)
+    np.testing.assert_allclose(got["bn1.running_mean"], want_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["bn1.running_var"], want_var, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_round_trip_resumes_identically(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    a = backend.build(g, params)
+    ta = backend.trainer(a, LossSpec(weight_decay=1e-3))
+    ta.step(*batch, lr=0.05)
+    b = backend.build(g, backend.get_weights(a))
+    tb = backend.trainer(b, LossSpec(weight_decay=1e-3))
+    tb.load_state(ta.state())
+    ra, rb = ta.step(*batch, lr=0.05), tb.step(*batch, lr=0.05)
+    assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6)
+    wa, wb = backend.get_weights(a), backend.get_weights(b)
+    assert max(close(wa[k], wb[k]) for k in wa) < 1e-6
+
+
+def test_kd_term_is_zero_against_own_logits(backend, batch):
+    g = tiny_graph()
+    model = backend.build(g, trained_like(g))
+    own = backend.forward(model, batch[0])[0]
+    trainer = backend.trainer(model, LossSpec(kd_weight=1.0, kd_temperature=4.0, ce_weight=0.0))
+    out = trainer.step(batch[0], batch[1], lr=0.0, teacher_logits=own)
+    # training-mode BN differs from inference mode, so the student is not exactly its own teacher
+    assert 0.0 <= out["kd"] < 1.0
+    shifted = trainer.step(batch[0], batch[1], lr=0.0, teacher_logits=own * -5.0)
+    assert shifted["kd"] > out["kd"]
+
+
+def test_stream_yields_named_activations_batch_by_batch(backend, batch):
+    g = tiny_graph()
+    model = backend.build(g, trained_like(g))
+    got = list(backend.stream(model, [(batch[0][:4], batch[1][:4]), (batch[0][4:], batch[1][4:])], ["r1"]))
+    assert [a["r1"].shape[0] for a, _ in got] == [4, 2]
+    with pytest.raises(UserError, match="nope"):
+        list(backend.stream(model, [batch], ["nope"]))
+
+
+def test_prunable_layers_are_the_core_coupling(backend):
+    g = zoo.build("resnet20", 10, (3, 8, 8))
+    layers = backend.prunable_layers(backend.build(g))
+    by = {layer.name: layer for layer in layers}
+    assert by["layer1.0.conv2"].group == by["conv1"].group == by["layer1.2.conv2"].group
+    assert by["layer1.0.conv1"].group != by["conv1"].group
+    assert by["layer1.0.conv1"].bn == "layer1.0.bn1"
+    assert by["layer1.0.conv1"].consumers == (("layer1.0.conv2", 0),)
+
+
+def test_feature_term_matches_numpy(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    trainer = backend.trainer(model, LossSpec(ce_weight=0.0, feature_weight=0.5, feature_tap="r2"))
+    rng = np.random.default_rng(4)
+    proj = rng.normal(size=(8 * 5 * 6, 3)).astype(np.float32)
+    target = rng.normal(size=(6, 3)).astype(np.float32)
+    trainer.set_projection(proj)
+    out = trainer.step(batch[0], batch[1], lr=0.0, feature_target=target)
+    feats = oracle.forward(g, params, batch[0], bn_batch_stats=True)["r2"].reshape(6, -1)  # NCHW flatten
+    assert out["feature"] == pytest.approx(0.5 * np.mean((feats @ proj - target) ** 2), rel=1e-4)
+    with pytest.raises(UserError, match="nope"):
+        backend.trainer(model, LossSpec(feature_weight=1.0, feature_tap="nope"))

@@ -1,0 +1,97 @@
+"""Graphs, the zoo, MAC/parameter counting, coupling and checkpoints (numpy only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compress_core import checkpoint, flops, zoo
+from compress_core.coupling import prunable_layers
+from compress_core.errors import UserError
+from compress_core.graph import Graph
+from compress_core.init import init_params
+
+
+def test_resnet56_macs_and_params_by_hand():
+    # 3x3 convs at 32x32: stem 3*16*9*1024 = 442,368; stage 1: 18 convs of 16*16*9*1024 = 2,359,296.
+    # Stages 2 and 3: the first conv reads half the channels (1,179,648), the 17 others 2,359,296 each
+    # (channels double, area quarters). FC 64*10. Total 125,485,696 MACs.
+    stem, full, half = 442_368, 2_359_296, 1_179_648
+    assert flops.count_macs(zoo.build("resnet56")) == stem + 18 * full + 2 * (half + 17 * full) + 640
+    assert flops.count_macs(zoo.build("resnet56")) == 125_485_696
+    # params: conv weights + BN (gamma, beta) + FC weight and bias
+    convs = 16 * 27 + 18 * 2304 + (16 * 32 * 9 + 17 * 9216) + (32 * 64 * 9 + 17 * 36864)
+    bns = 2 * (16 + 18 * 16 + 18 * 32 + 18 * 64)
+    assert flops.count_params(zoo.build("resnet56")) == convs + bns + 650
+
+
+def test_zoo_sizes_match_the_literature():
+    # param counts of the CIFAR literature (10 classes): ResNet-20 0.27 M, ResNet-110 1.73 M,
+    # ResNet-164 1.70 M, VGG-16 (DCFF/HRank variant) 14.98 M, DenseNet-40 1.06 M
+    expect = {"resnet20": 0.27, "resnet110": 1.73, "resnet164": 1.70, "vgg16": 14.99, "densenet40": 1.06}
+    for name, m in expect.items():
+        assert flops.count_params(zoo.build(name)) / 1e6 == pytest.approx(m, abs=0.01), name
+    assert flops.count_macs(zoo.build("resnet20")) == 40_551_040
+
+
+def test_any_width_plan_builds_and_is_checked():
+    g = zoo.build("resnet20", 10, (3, 8, 8), widths={"layer1.0.conv1": 5, "conv1": 7, "layer2.0.conv2": 20})
+    shapes = g.shapes()
+    assert shapes["layer1.0.conv1"][0] == 5 and shapes["conv1"][0] == 7
+    assert g["layer1.0.shortcut"].attrs["src"].count(-1) == 9  # 7 -> 16 stream: option-A zero channels
+    assert shapes["layer2.2.relu2"][0] == 20
+    with pytest.raises(UserError, match="layer9"):
+        zoo.build("resnet20", widths={"layer9.0.conv1": 3})
+    with pytest.raises(UserError, match="layer1.1.conv2"):
+        zoo.build("resnet20", widths={"layer1.1.conv2": 3})
+    with pytest.raises(UserError, match="positive"):
+        zoo.build("vgg16", widths={"features.0": 0})
+    assert zoo.build("densenet40", widths={"dense1.0.conv": 6}).shapes()["trans1.conv"][0] == 24 + 11 * 12 + 6
+
+
+def test_graph_json_round_trip_and_bad_graphs():
+    g = zoo.build("densenet40", 100, (3, 16, 16))
+    h = Graph.from_json(g.to_json())
+    assert h.to_json() == g.to_json() and h.param_shapes() == g.param_shapes()
+    with pytest.raises(UserError, match="unknown model"):
+        zoo.build("alexnet")
+    with pytest.raises(UserError, match="6n\\+2"):
+        zoo.resnet_cifar(depth=21)
+
+
+def test_coupling_of_densenet_offsets_and_vgg_chain():
+    by = {layer.name: layer for layer in prunable_layers(zoo.build("densenet40"))}
+    assert ("dense1.2.conv", 24 + 12) in by["dense1.1.conv"].consumers  # read after the stem's 24
+    vgg = {layer.name: layer for layer in prunable_layers(zoo.build("vgg16"))}
+    assert vgg["features.0"].consumers == (("features.1", 0),) and vgg["features.0"].bn == "features.0.bn"
+    assert vgg["features.12"].consumers == (("classifier.0", 0),)
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    p = init_params(g, seed=1)
+    path = str(tmp_path / "a.safetensors")
+    checkpoint.save_checkpoint(path, g, p, {"note": "x"})
+    g2, p2, meta = checkpoint.load_checkpoint(path)
+    assert g2.to_json() == g.to_json() and meta == {"note": "x"}
+    assert all(np.array_equal(p[k], p2[k]) for k in p)
+    with pytest.raises(UserError, match="not found"):
+        checkpoint.load_checkpoint(str(tmp_path / "missing.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10" * 64)
+    with pytest.raises(UserError, match="corrupt"):
+        checkpoint.load_checkpoint(str(tmp_path / "bad.safetensors"))
+    with pytest.raises(UserError, match="do not match model 'resnet32'"):
+        checkpoint.save_checkpoint(path, zoo.build("resnet32", 10, (1, 8, 8)), {**p})
+    assert checkpoint.load_checkpoint(path)[0].arch == "resnet20"  # the failed save left the file alone
+
+
+def test_core_and_methods_import_no_framework():
+    code = ("import sys, compress_core.cdc, compress_core.prune, compress_core.data, compress_core.criteria."
+            "discriminant, compress_core.criteria.dca, methods.common, methods.train, backends.base;"
+            "bad = [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

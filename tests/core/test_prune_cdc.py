@@ -1,0 +1,113 @@
+"""Channel surgery and the CDC plan logic, checked with the numpy oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress_core import cdc, flops, prune, zoo
+from compress_core.errors import UserError
+from compress_core.init import init_params
+from tests import oracle
+from tests.conftest import trained_like
+
+
+def _zero_dropped_inputs(graph, params, points, keeps):
+    """The original network with the pruned channels' contributions removed by hand."""
+    p = dict(params)
+    for pt, keep in zip(points, keeps):
+        drop = np.setdiff1d(np.arange(pt.width), keep)
+        w = p[f"{pt.conv}.weight"].copy()
+        w[:, drop] = 0.0
+        p[f"{pt.conv}.weight"] = w
+    return p
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet164", "vgg16", "densenet40"])
+def test_pruned_network_equals_original_with_dropped_channels_silenced(name):
+    g = zoo.build(name, 10, (3, 8, 8)) if name != "resnet164" else zoo.resnet164(10, (3, 8, 8), depth=20)
+    params = trained_like(g)
+    points = cdc.mask_points(g)
+    rng = np.random.default_rng(0)
+    keeps = [np.sort(rng.choice(p.width, max(1, p.width // 3), replace=False)) for p in points]
+    small, sp = cdc.apply(g, params, points, keeps)
+    x = rng.normal(size=(2, 3, 8, 8))
+    want = oracle.forward(g, _zero_dropped_inputs(g, params, points, keeps), x)[g.output]
+    got = oracle.forward(small, sp, x)[small.output]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert flops.count_macs(small) < flops.count_macs(g)
+    assert sp.keys() == small.param_shapes().keys()
+
+
+def test_mask_points_follow_the_reference_placement():
+    points = {p.conv: p for p in cdc.mask_points(zoo.build("resnet56"))}
+    assert len(points) == 54 and "conv1" not in points  # two per block, never the stem
+    assert points["layer1.0.conv1"].mode == "inputs" and points["layer1.0.conv1"].tap == "relu"
+    assert points["layer2.3.conv1"].tap == "layer2.2.relu2"  # reads the residual stream
+    assert points["layer2.3.conv2"].mode == "outputs" and points["layer2.3.conv2"].producer == "layer2.3.conv1"
+    assert points["layer3.8.conv2"].block == 26
+    bottleneck = [p.conv for p in cdc.mask_points(zoo.resnet164(depth=20))]
+    assert "layer2.0.shortcut" not in bottleneck and "layer2.0.conv3" in bottleneck
+
+
+def test_keep_inputs_composes_and_keep_outputs_refuses_residual_channels():
+    g = zoo.build("resnet20", 10, (3, 8, 8))
+    p = init_params(g)
+    g1, p1 = prune.keep_inputs(g, p, "layer1.1.conv1", [0, 2, 4, 6, 8])
+    g2, p2 = prune.keep_inputs(g1, p1, "layer1.1.conv1", [1, 3])
+    assert g2["layer1.1.conv1.in_select"].attrs["src"] == (2, 6)
+    np.testing.assert_array_equal(p2["layer1.1.conv1.weight"], p["layer1.1.conv1.weight"][:, [2, 6]])
+    with pytest.raises(UserError, match="add"):
+        prune.keep_outputs(g, p, "layer1.0.conv2", [0, 1])
+    with pytest.raises(UserError, match="distinct"):
+        prune.keep_outputs(g, p, "layer1.0.conv1", [0, 0])
+
+
+def test_uniform_counts_rounding_min_width_and_predefined_checks():
+    points = cdc.mask_points(zoo.build("resnet56"))
+    counts = cdc.uniform_counts(points, 0.45)
+    assert counts[:2] == [16 - 7, 16 - 7] and counts[-1] == 64 - 28  # floor(C * r) removed, as the reference
+    assert set(cdc.uniform_counts(points, 0.45, multiple=8)) <= {16, 24, 40, 64, 8, 32, 48, 56}
+    assert min(cdc.uniform_counts(points, 0.95, min_width=4)) == 4
+    with pytest.raises(UserError, match="1.0"):
+        cdc.uniform_counts(points, 1.0)
+    with pytest.raises(UserError, match="54 masks"):
+        cdc.check_counts(points, [8] * 3)
+    with pytest.raises(UserError, match="layer1.0.conv1"):
+        cdc.check_counts(points, [17] + [8] * 53)
+
+
+def test_mac_target_is_met_from_below():
+    g = zoo.build("resnet20", 10, (3, 8, 8))
+    points = cdc.mask_points(g)
+    r = cdc.ratio_for_macs(g, points, 0.5)
+    macs = cdc.macs_after(g, points, cdc.uniform_counts(points, r))
+    assert macs <= 0.5 * flops.count_macs(g)
+    assert cdc.macs_after(g, points, cdc.uniform_counts(points, r - 0.01)) > 0.5 * flops.count_macs(g) * 0.97
+
+
+def test_select_top_keeps_highest_scores():
+    assert cdc.select_top([np.array([0.1, 0.9, 0.5, 0.7])], [2])[0].tolist() == [1, 3]
+
+
+def test_coarse_groups_merge_the_classes_a_model_confuses():
+    # classes 0/1 and 2/3 are confused with each other, 4/5 are perfectly separated from all
+    f = np.diag([60, 60, 60, 60, 90, 90])
+    f[0, 1] = f[1, 0] = f[2, 3] = f[3, 2] = 30
+    f[4, 5] = f[5, 4] = 10
+    groups = cdc.coarse_groups(f, 3, seed=0)
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[4] == groups[5]
+    assert len(set(groups.tolist())) == 3 and groups[0] == 0  # renumbered by first appearance
+    with pytest.raises(UserError, match="groups"):
+        cdc.coarse_groups(f, 6)
+
+
+def test_coarse_label_file_checks(tmp_path):
+    good = tmp_path / "groups.txt"
+    good.write_text("0 0 1 1 2 2\n")
+    assert cdc.load_coarse_groups(str(good), 6).tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(UserError, match="6 entries, expected one per class \\(10\\)"):
+        cdc.load_coarse_groups(str(good), 10)
+    np.save(tmp_path / "g.npy", np.array([0, 1, -1]))
+    with pytest.raises(UserError, match="non-negative"):
+        cdc.load_coarse_groups(str(tmp_path / "g.npy"), 3)

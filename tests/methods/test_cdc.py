@@ -1,0 +1,127 @@
+"""CDC end to end on digits, TF/torch parity of its scores and cuts, and its input checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from compress_core import cdc, checkpoint, config, flops, zoo
+from methods import cdc_distill, cdc_prune, common
+from tests.conftest import close, trained_like
+
+CONFIG = f"{common.HYPERPARAMS}/cdc_resnet20_digits.py"
+# the README's main job, shrunk: one epoch per stage, big batches
+TINY = ["--config.train.epochs=2", "--config.finetune.epochs=1", "--config.distill.epochs=1",
+        "--config.train.batch_size=256", "--config.finetune.batch_size=256", "--config.distill.batch_size=256",
+        "--config.distill.dca_refit_every=1"]
+
+
+@pytest.fixture(scope="module")
+def digits_ctx():
+    cfg = config.load_config(CONFIG)
+    return cfg, common.load_data(cfg)
+
+
+def _ctx(cfg, splits, backend, tmp_path):
+    return common.Context(cfg, backend, str(tmp_path), splits)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("bn_mode", ["inference", "batch"])
+def test_tf_and_torch_give_the_same_scores_cuts_and_pruned_logits(digits_ctx, backends, tmp_path, bn_mode):
+    cfg, splits = digits_ctx
+    cfg = config.load_config(CONFIG, [f"cdc.bn_mode={bn_mode}"])
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    params = trained_like(g, seed=7)
+    points = cdc.mask_points(g)
+    groups = np.array([0, 1, 2, 2, 0, 3, 2, 0, 1, 3])
+    out = {}
+    for name, b in backends.items():
+        model = b.build(g, params)
+        scores = cdc_prune.score_channels(_ctx(cfg, splits, b, tmp_path), model, points, groups)
+        keeps = cdc.select_top(scores, cdc.uniform_counts(points, 0.45))
+        small, sp = cdc.apply(g, b.get_weights(model), points, keeps)
+        out[name] = (scores, keeps, small, sp)
+    for s_torch, s_tf in zip(out["torch"][0], out["tf"][0]):
+        # relative to the layer's score scale: GSD is ~0 for an uninformative channel
+        assert close(s_torch, s_tf) < 1e-4 or np.max(np.abs(s_tf - s_torch)) < 1e-4 * np.max(np.abs(s_torch))
+    assert all(np.array_equal(a, b) for a, b in zip(out["torch"][1], out["tf"][1]))
+    # the pruned checkpoint written from one backend gives the same logits in the other
+    path = str(tmp_path / "pruned.safetensors")
+    checkpoint.save_checkpoint(path, out["torch"][2], out["torch"][3])
+    g2, p2, _ = checkpoint.load_checkpoint(path)
+    x = splits.test.x[:16]
+    logits = {n: b.forward(b.build(g2, p2), x)[0] for n, b in backends.items()}
+    assert close(logits["torch"], logits["tf"]) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_cdc_prune_end_to_end_and_resume(backend, tmp_path, capsys):
+    argv = ["--backend", backend, "--workdir", str(tmp_path / "w"), *TINY]
+    assert cdc_prune.cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "distilled" in out and "kept input channels" in out
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    base, pruned = m["rows"][0], m["rows"][1]
+    assert 0.45 < pruned["macs"] / base["macs"] <= 0.5  # "about half the MACs", from below
+    assert [r["model"] for r in m["rows"]] == ["baseline", "pruned", "fine-tuned", "distilled"]
+    assert all(r["after"] < r["before"] for r in m["layers"])
+    assert (tmp_path / "w" / "widths.png").read_bytes()[:4] == b"\x89PNG"
+    g, _, _ = checkpoint.load_checkpoint(m["checkpoint"])
+    assert flops.count_macs(g) == pruned["macs"]
+    # a rerun finds every stage done: no new training, the same cut
+    assert cdc_prune.cli(argv) == 0
+    again = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert again["layers"] == m["layers"]
+    assert "scoring skipped" in (tmp_path / "w" / "log.txt").read_text()
+
+
+def test_cdc_distill_command_trains_a_student_against_its_teacher(tmp_path):
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    teacher = str(tmp_path / "teacher.safetensors")
+    checkpoint.save_checkpoint(teacher, g, trained_like(g))
+    points = cdc.mask_points(g)
+    small, sp = cdc.apply(g, trained_like(g), points, [np.arange(p.width // 2) for p in points])
+    student = str(tmp_path / "student.safetensors")
+    checkpoint.save_checkpoint(student, small, sp)
+    argv = ["--backend", "torch", "--student", student, "--teacher", teacher, "--workdir", str(tmp_path / "d"),
+            "--config.distill.epochs=1", "--config.distill.batch_size=256"]
+    assert cdc_distill.cli(argv) == 0
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert m["macs"] == flops.count_macs(small)
+    hist = json.loads((tmp_path / "d" / "distill" / "state.json").read_text())["history"]
+    assert {"train_kd", "train_feature", "train_ce"} <= set(hist[0])
+
+
+BAD = {
+    "unknown scorer": (["--config.cdc.scorer=kl"], "cdc.scorer"),
+    "ratio outside [0, 1)": (["--config.cdc.ratio=1.0"], "cdc.ratio"),
+    "threshold past the last block": (["--config.cdc.block_threshold=9"], "past the last block"),
+    "coarse labels outside the range": ([lambda t: f"--config.cdc.coarse_labels={_file(t, '0 1 -1 2 0 1 2 0 1 2')}"],
+                                        "non-negative"),
+    "coarse-label file of the wrong length": ([lambda t: f"--config.cdc.coarse_labels={_file(t, '0 1 2')}"],
+                                              "3 entries"),
+    "predefined plan of the wrong length": (["--config.cdc.plan=predefined", "--config.cdc.widths=(4,4)"],
+                                            "2 widths"),
+}
+
+
+def _file(tmp_path, text):
+    p = tmp_path / "coarse.txt"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_cdc_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
+    args, needle = BAD[case]
+    args = [a(tmp_path) if callable(a) else a for a in args]
+    teacher = tmp_path / "t.safetensors"
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    checkpoint.save_checkpoint(str(teacher), g, trained_like(g))
+    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), f"--config.cdc.teacher={teacher}", *args]
+    assert cdc_prune.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and needle in err[-1], err

@@ -1,0 +1,83 @@
+"""A slow, obviously-correct numpy interpreter of graphs: the reference the backends are tested against."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compress_core.graph import Graph
+
+
+def _conv(x, w, b, stride, pad, dilation, groups):
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    ho = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    y = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for g in range(groups):
+        xs = x[:, g * cg:(g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dilation[0]: i * dilation[0] + stride[0] * (ho - 1) + 1: stride[0],
+                           j * dilation[1]: j * dilation[1] + stride[1] * (wo - 1) + 1: stride[1]]
+                y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, w[g * og:(g + 1) * og, :, i, j])
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def _pool(x, k, s, fn):
+    h, w = x.shape[2:]
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    win = np.stack([x[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                    for i in range(k) for j in range(k)])
+    return fn(win, axis=0)
+
+
+def forward(graph: Graph, params: dict, x: np.ndarray, bn_batch_stats: bool = False) -> dict:
+    """Outputs of every node for input ``x`` (NCHW), in float64."""
+    v = {"input": np.asarray(x, np.float64)}
+    p = {k: np.asarray(a, np.float64) for k, a in params.items()}
+    for n in graph.nodes[1:]:
+        ins, a = [v[i] for i in n.inputs], n.attrs
+        if n.op == "conv":
+            y = _conv(ins[0], p[f"{n.name}.weight"], p.get(f"{n.name}.bias"), a["stride"], a["pad"],
+                      a["dilation"], a["groups"])
+        elif n.op == "dense":
+            y = ins[0] @ p[f"{n.name}.weight"].T + p.get(f"{n.name}.bias", 0.0)
+        elif n.op == "bn":
+            z = ins[0]
+            axes = (0, 2, 3) if z.ndim == 4 else (0,)
+            shape = (1, -1, 1, 1) if z.ndim == 4 else (1, -1)
+            if bn_batch_stats:
+                mean, var = z.mean(axes), z.var(axes)
+            else:
+                mean, var = p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"]
+            y = ((z - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + a["eps"])
+                 * p[f"{n.name}.weight"].reshape(shape) + p[f"{n.name}.bias"].reshape(shape))
+        elif n.op == "relu":
+            y = np.maximum(ins[0], 0)
+        elif n.op == "add":
+            y = sum(ins)
+        elif n.op == "concat":
+            y = np.concatenate(ins, axis=1)
+        elif n.op == "gap":
+            y = ins[0].mean(axis=(2, 3))
+        elif n.op == "flatten":
+            y = ins[0].reshape(len(ins[0]), -1)
+        elif n.op == "maxpool":
+            y = _pool(ins[0], a["k"], a["stride"], np.max)
+        elif n.op == "avgpool":
+            y = _pool(ins[0], a["k"], a["stride"], np.mean)
+        elif n.op == "select":
+            s = a["stride"]
+            z = ins[0][:, :, ::s, ::s]
+            y = np.zeros((z.shape[0], len(a["src"])) + z.shape[2:])
+            for j, src in enumerate(a["src"]):
+                if src >= 0:
+                    y[:, j] = z[:, src]
+        else:
+            raise AssertionError(n.op)
+        v[n.name] = y
+    return v
