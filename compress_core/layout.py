@@ -42,17 +42,13 @@ dense_from_tf = dense_to_tf  # a transpose is its own inverse
 
 def to_tf(name: str, value: np.ndarray) -> np.ndarray:
     """Canonical parameter -> TensorFlow variable layout (by rank: 4 = conv, 2 = dense)."""
-    if value.ndim == 4:
-        return oihw_to_hwio(value)
-    if value.ndim == 2:
-        return dense_to_tf(value)
-    return np.ascontiguousarray(value)
+    return _BY_RANK_TO_TF.get(value.ndim, np.ascontiguousarray)(value)
 
 
 def from_tf(name: str, value: np.ndarray) -> np.ndarray:
     """TensorFlow variable layout -> canonical (inverse of :func:`to_tf`)."""
-    if value.ndim == 4:
-        return hwio_to_oihw(value)
-    if value.ndim == 2:
-        return dense_from_tf(value)
-    return np.ascontiguousarray(value)
+    return _BY_RANK_FROM_TF.get(value.ndim, np.ascontiguousarray)(value)
+
+
+_BY_RANK_TO_TF = {4: oihw_to_hwio, 2: dense_to_tf}
+_BY_RANK_FROM_TF = {4: hwio_to_oihw, 2: dense_from_tf}
