@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from compress_core.criteria.discriminant import spatial_moments
 from compress_core.errors import UserError
 from compress_core.graph import Graph
 
@@ -134,6 +135,27 @@ class Backend(abc.ABC):
             model.graph[n]
         for x, y in batches:
             yield self.forward(model, x, taps, bn_batch_stats)[1], y
+
+    def moments(self, model: Model, x: np.ndarray, taps: Sequence[str], bn_batch_stats: bool = False
+                ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """Per-image spatial moments of each tap: ``(mean [n, C], m2 [n, C], count)``.
+
+        ``m2`` is the sum of squared deviations from the image's own channel mean
+        over ``count = H * W`` positions (0 and 1 for vectors), the input of
+        ``ClassStats.update_moments``. This default reduces in numpy; a backend
+        overrides it to reduce next to the convolutions, so whole feature maps
+        never leave the framework during a scoring pass.
+        """
+        _, acts = self.forward(model, x, taps, bn_batch_stats)
+        return {t: spatial_moments(a) for t, a in acts.items()}
+
+    def stream_moments(self, model: Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                       taps: Sequence[str], bn_batch_stats: bool = False):
+        """Like :meth:`stream`, yielding :meth:`moments` instead of whole activations."""
+        for n in taps:
+            model.graph[n]  # an unknown layer name fails before any work
+        for x, y in batches:
+            yield self.moments(model, x, taps, bn_batch_stats), y
 
     def prunable_layers(self, model: Model):
         """Convolutions and dense layers with their channel coupling (see compress_core.graph)."""

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from backends.base import LossSpec, OptimSpec, get_backend  # noqa: E402
-from compress_core import zoo  # noqa: E402
+from backends.base import LossSpec, OptimSpec, get_backend
+from compress_core import zoo
 
 
 def median_step(backend, graph, x, y, steps: int) -> float:

@@ -40,8 +40,9 @@ def get_teacher(ctx: common.Context):
 def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarray]:
     """One pass over the training split (no augmentation): a score per channel of every mask.
 
-    For the streaming scorers only per-class moments are kept (``ClassStats``), so
-    memory does not grow with the number of images; ``di`` needs each channel's
+    For the streaming scorers the backend reduces every tap to per-image moments
+    next to the convolutions and only per-class moments are kept (``ClassStats``),
+    so memory does not grow with the number of images; ``di`` needs each channel's
     full spatial scatter and keeps the features of its taps.
     """
     c = ctx.cfg.cdc
@@ -63,11 +64,12 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
     taps = sorted({t for t, _ in keys})
     batches = data.iterate_batches(ctx.splits.train, c.score_batch_size, False)
     total = data.num_batches(len(ctx.splits.train), c.score_batch_size)
-    for acts, y in tqdm(ctx.backend.stream(model, batches, taps, c.bn_mode == "batch"), total=total,
+    stream = ctx.backend.stream_moments if c.scorer in STREAMING else ctx.backend.stream
+    for acts, y in tqdm(stream(model, batches, taps, c.bn_mode == "batch"), total=total,
                         desc="scoring", leave=False, disable=None):
         for key in keys:
             if c.scorer in STREAMING:
-                stats[key].update(acts[key[0]], labels(key[1], y))
+                stats[key].update_moments(*acts[key[0]], labels(key[1], y))
             else:
                 feats[key].append((acts[key[0]], labels(key[1], y)))
     if c.scorer in STREAMING:

@@ -209,5 +209,21 @@ class TorchBackend(Backend):
                                         taps, bn_batch_stats)
         return logits.cpu().numpy(), {k: v.cpu().numpy() for k, v in acts.items()}
 
+    def moments(self, model, x, taps, bn_batch_stats=False):
+        model.module.eval()
+        out = {}
+        with torch.no_grad():
+            _, acts = model.module(torch.as_tensor(np.asarray(x, np.float32), device=model.device), taps,
+                                   bn_batch_stats)
+            for t, a in acts.items():
+                if a.dim() == 2:
+                    out[t] = (a.double().cpu().numpy(), np.zeros(tuple(a.shape)), 1)
+                    continue
+                flat = a.flatten(2)
+                mean = flat.mean(2, keepdim=True)
+                out[t] = (mean[:, :, 0].double().cpu().numpy(),
+                          ((flat - mean) ** 2).sum(2).double().cpu().numpy(), flat.shape[2])
+        return out
+
     def trainer(self, model, loss, optim=None):
         return TorchTrainer(model, loss, optim or OptimSpec())

@@ -126,6 +126,20 @@ def _one_vs_rest(n_img, n_obs, mean, m2):
     return mean, m2 / w, m + e, vq, n_img[:, None], (n_img.sum() - n_img)[:, None]
 
 
+def spatial_moments(features) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-image moments ``(mean [n, C], m2 [n, C], count)`` of ``[n, C, H, W]`` (or ``[n, C]``) features.
+
+    ``m2`` is the sum of squared deviations from each image's channel mean over its
+    ``count = H * W`` positions; the input of :meth:`ClassStats.update_moments`.
+    """
+    a = np.asarray(features)
+    if a.ndim == 2:
+        return a.astype(np.float64), np.zeros(a.shape), 1
+    flat = a.reshape(a.shape[0], a.shape[1], -1).astype(np.float64)
+    mean = flat.mean(2)
+    return mean, ((flat - mean[:, :, None]) ** 2).sum(2), flat.shape[2]
+
+
 class ClassStats:
     """Streaming per-class, per-channel moments for the CDC scorers.
 
@@ -162,14 +176,35 @@ class ClassStats:
         return self
 
     def _merge(self, x: np.ndarray, y: np.ndarray) -> None:
-        k, p = self.num_classes, x.shape[2]
-        onehot = np.zeros((x.shape[0], k))
-        onehot[np.arange(x.shape[0]), y] = 1.0
+        mean_i = x.mean(2)
+        self._merge_moments(mean_i, ((x - mean_i[:, :, None]) ** 2).sum(2), x.shape[2], y)
+
+    def update_moments(self, mean, m2, count: int, labels) -> ClassStats:
+        """Add a batch summarised per image: ``mean [n, C]`` and ``m2 [n, C]`` (sum of squared
+        deviations from the image's own mean) over ``count`` positions per image.
+
+        Equals :meth:`update` on the full maps; backends compute these reductions next
+        to the convolutions, so a scoring pass never copies whole feature maps.
+        """
+        mean = _as_features(mean, (2,), "mean")
+        m2 = _as_features(m2, (2,), "m2")
+        check(mean.shape == m2.shape and mean.shape[1] == self.num_channels,
+              f"mean {mean.shape} and m2 {m2.shape} must both be [n, {self.num_channels}]")
+        check(isinstance(count, (int, np.integer)) and count >= 1, f"count must be a positive integer, got {count!r}")
+        y = _as_labels(labels, mean.shape[0], self.num_classes)
+        self._merge_moments(np.asarray(mean, np.float64), np.maximum(np.asarray(m2, np.float64), 0.0),
+                            int(count), y)
+        return self
+
+    def _merge_moments(self, mean_i: np.ndarray, m2_i: np.ndarray, p: int, y: np.ndarray) -> None:
+        """Chan et al.'s merge of per-image moments (``p`` observations each) into the classes."""
+        k = self.num_classes
+        onehot = np.zeros((mean_i.shape[0], k))
+        onehot[np.arange(mean_i.shape[0]), y] = 1.0
         nb_img = np.bincount(y, minlength=k)
         nb = nb_img * p
-        safe = np.maximum(nb, 1)[:, None]
-        mean_b = onehot.T @ x.sum(2) / safe
-        m2_b = onehot.T @ ((x - mean_b[y][:, :, None]) ** 2).sum(2)  # two-pass within chunk
+        mean_b = onehot.T @ mean_i / np.maximum(nb_img, 1)[:, None]
+        m2_b = onehot.T @ m2_i + p * (onehot.T @ (mean_i - mean_b[y]) ** 2)
         na = self.n_obs[:, None].astype(np.float64)
         n = na + nb[:, None]
         delta = mean_b - self.mean

@@ -151,3 +151,18 @@ def test_feature_term_matches_numpy(backend, batch):
     assert out["feature"] == pytest.approx(0.5 * np.mean((feats @ proj - target) ** 2), rel=1e-4)
     with pytest.raises(UserError, match="nope"):
         backend.trainer(model, LossSpec(feature_weight=1.0, feature_tap="nope"))
+
+
+@pytest.mark.parametrize("bn_batch_stats", [False, True])
+def test_moments_are_the_spatial_moments_of_the_taps(backend, batch, bn_batch_stats):
+    from compress_core.criteria.discriminant import spatial_moments
+
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    ref = oracle.forward(g, params, batch[0], bn_batch_stats=bn_batch_stats)
+    got = backend.moments(model, batch[0], ["r1", "cat", "bn3"], bn_batch_stats)
+    for tap in ("r1", "cat", "bn3"):
+        want = spatial_moments(ref[tap])
+        assert got[tap][2] == want[2]
+        assert close(want[0], got[tap][0]) < 1e-5 and close(want[1], got[tap][1]) < 1e-4

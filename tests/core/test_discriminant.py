@@ -229,3 +229,17 @@ def test_bad_ridge_and_accumulator_input():
         ClassStats(0, 1)
     np.testing.assert_allclose(stats.scores("gsd", ridge=0), [3.625], rtol=1e-12)
     np.testing.assert_allclose(gsd_scores(X2, Y2[:, None], ridge=0), [3.625])  # labels [N, 1]
+
+
+def test_update_moments_equals_update_on_full_maps():
+    from compress_core.criteria.discriminant import spatial_moments
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(3.0, 2.0, size=(40, 5, 4, 3))
+    y = rng.integers(0, 3, 40)
+    full = ClassStats(3, 5).update(x[:25], y[:25]).update(x[25:], y[25:])
+    summed = ClassStats(3, 5)
+    for sl in (slice(0, 10), slice(10, 40)):
+        summed.update_moments(*spatial_moments(x[sl]), y[sl])
+    for name in ("gsd", "abs_snr", "fdr", "t_test"):
+        np.testing.assert_allclose(summed.scores(name), full.scores(name), rtol=1e-12)
