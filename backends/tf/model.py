@@ -13,6 +13,7 @@ variable created at build time, so loading weights never grows the graph.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,7 @@ class TFModel(Model):
         self.fused_bn = False         # set by the backend; read when the training pass is built
         self._train: dict | None = None
         self._bn_updates: list = []
+        self._moments: dict = {}      # (tap, bn_batch_stats) -> (mean, m2, count) tensors, built on first use
 
     @property
     def train(self) -> dict:
@@ -106,6 +108,20 @@ class TFModel(Model):
         self.train  # noqa: B018 - builds the training pass on first use
         return self._bn_updates
 
+    def moment_tensors(self, tap: str, bn_batch_stats: bool):
+        """Per-image spatial mean and sum of squared deviations of ``tap``, reduced in the graph."""
+        key = (tap, bn_batch_stats)
+        if key not in self._moments:
+            t = (self.train if bn_batch_stats else self.infer)[tap]
+            with self.tf_graph.as_default(), tf.name_scope("moments"):
+                if t.shape.rank == 2:
+                    self._moments[key] = (t, tf.zeros_like(t), 1)
+                else:
+                    mean = tf.reduce_mean(t, axis=[1, 2], keepdims=True)
+                    m2 = tf.reduce_sum(tf.square(t - mean), axis=[1, 2])
+                    self._moments[key] = (mean[:, 0, 0, :], m2, int(t.shape[1] * t.shape[2]))
+        return self._moments[key]
+
     def close(self) -> None:
         """Release the session (the model is unusable afterwards)."""
         if self.session is not None:
@@ -113,10 +129,8 @@ class TFModel(Model):
             self.session = None
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def _mean_nhw(x):
@@ -265,7 +279,7 @@ class TFTrainer(Trainer):
         self._feature = loss.feature_weight > 0
         self._projection: np.ndarray | None = None
         if self._feature:
-            g[loss.feature_tap]  # noqa: B018 - raises a clear error for an unknown layer name
+            g[loss.feature_tap]  # raises a clear error for an unknown layer name
         train = model.train  # the training pass, built on first use
         with model.tf_graph.as_default(), tf.name_scope("trainer"):
             self._y = _V1.placeholder(tf.int64, [None], name="labels")
@@ -427,6 +441,15 @@ class TFBackend(Backend):
         logits, out = model.session.run([tensors[model.graph.output], fetch],
                                         feed_dict={model.x: np.asarray(x, np.float32)})
         return logits, {n: layout.nhwc_to_nchw(v) for n, v in out.items()}
+
+    def moments(self, model: TFModel, x: np.ndarray, taps: Sequence[str] = (), bn_batch_stats: bool = False):
+        for n in taps:
+            model.graph[n]
+        tensors = {n: model.moment_tensors(n, bn_batch_stats) for n in taps}
+        fetched = model.session.run({n: (m, v) for n, (m, v, _) in tensors.items()},
+                                    feed_dict={model.x: np.asarray(x, np.float32)})
+        return {n: (np.asarray(m, np.float64), np.asarray(v, np.float64), tensors[n][2])
+                for n, (m, v) in fetched.items()}
 
     def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
         return TFTrainer(model, loss, optim or OptimSpec())
