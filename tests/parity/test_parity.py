@@ -38,10 +38,12 @@ def test_same_checkpoint_same_logits_and_costs(name, backends, batch, tmp_path):
     assert backends["torch"].prunable_layers(torch_model) == backends["tf"].prunable_layers(tf_model)
 
 
-# The bottleneck family is checked at depth 20: at depth 164 with random weights the float32
-# gradient of the stem differs from float64 by ~3% within PyTorch alone (exploding pre-activation
-# gradients), so no two float32 implementations can agree to 1e-4 there; logits (above) are checked
-# at full depth.
+# One step, as the contract states it. Later steps are not compared: a batch-statistics value within
+# float32 round-off of zero can fall on either side of a ReLU in the two frameworks and flip one
+# element's gradient (seen on VGG-16 at the second step). The bottleneck family is checked at depth 20:
+# at depth 164 with random weights the float32 gradient of the stem differs from float64 by ~3% within
+# PyTorch alone (exploding pre-activation gradients), so no two float32 implementations can agree to
+# 1e-4 there; logits (above) are checked at full depth.
 SGD_MODELS = {"resnet20": lambda: zoo.build("resnet20", 10, (3, 16, 16)),
               "resnet56": lambda: zoo.build("resnet56", 10, (3, 16, 16)),
               "resnet20-bottleneck": lambda: zoo.resnet164(10, (3, 16, 16), depth=20),
@@ -55,17 +57,20 @@ def test_one_sgd_step_same_loss_and_weights(name, backends, tmp_path):
     params = trained_like(g, seed=2)
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(8, 3, 16, 16)).astype(np.float32), rng.integers(0, 10, 8)
-    out, weights = {}, {}
+    out, weights, moms = {}, {}, {}
     for bname, b in backends.items():
         m = b.build(g, params)
         tr = b.trainer(m, LossSpec(weight_decay=5e-4), OptimSpec(0.9, True))
-        tr.step(x, y, lr=0.01)
-        out[bname] = tr.step(x, y, lr=0.01)  # second step: momentum buffers in play
-        weights[bname] = b.get_weights(m)
+        out[bname] = tr.step(x, y, lr=0.01)
+        weights[bname], moms[bname] = b.get_weights(m), tr.state()
     assert out["tf"]["loss"] == pytest.approx(out["torch"]["loss"], rel=1e-4)
     assert out["tf"]["wd"] == pytest.approx(out["torch"]["wd"], rel=1e-5)
-    worst = max(close(weights["torch"][k], weights["tf"][k]) for k in params)
-    assert worst < 1e-4
+    assert max(close(weights["torch"][k], weights["tf"][k]) for k in params) < 1e-4
+    # the momentum buffers (gradients plus weight decay, what the next step builds on), relative to
+    # the largest gradient: float32 gradients of a deep net agree to ~1e-5 of their scale
+    assert moms["torch"].keys() == moms["tf"].keys()
+    scale = max(float(np.max(np.abs(v))) for v in moms["torch"].values())
+    assert max(float(np.max(np.abs(moms["torch"][k] - moms["tf"][k]))) for k in moms["torch"]) < 1e-3 * scale
 
 
 def test_checkpoint_written_by_tf_loads_in_torch(backends, batch, tmp_path):
