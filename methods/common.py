@@ -188,7 +188,8 @@ def cost(model) -> dict[str, int]:
 
 
 # -- training -----------------------------------------------------------------------------------
-def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_epoch=None) -> dict:
+def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_epoch=None,
+        on_step=None) -> dict:
     """Train ``model`` with SGD as ``tcfg`` says; resumable from ``<workdir>/<stage>/``.
 
     After every epoch the model (``last.safetensors``), the best model on the
@@ -198,7 +199,8 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     same batches as an uninterrupted one. ``loss`` is a ``LossSpec`` (default:
     cross-entropy + the config's weight decay); ``batch_extras(x)`` returns the
     extra inputs of a step (teacher logits, feature targets); ``on_epoch(epoch,
-    trainer)`` runs before each epoch (e.g. refitting a projection). Returns the
+    trainer)`` runs before each epoch (e.g. refitting a projection), ``on_step(lr,
+    trainer)`` after each step (e.g. a proximal step). Returns the
     history and best epoch; on return ``model`` holds the best-validation weights.
     """
     from tqdm import tqdm
@@ -230,6 +232,8 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
                    desc=f"{stage} {epoch + 1}/{tcfg.epochs}", leave=False, disable=None)
         for x, y in bar:
             out = trainer.step(x, y, lr, **(batch_extras(x) if batch_extras else {}))
+            if on_step:
+                on_step(lr, trainer)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v * len(y)
             n += len(y)

@@ -440,7 +440,7 @@ class TFBackend(Backend):
         fetch = {n: tensors[n] for n in taps}
         logits, out = model.session.run([tensors[model.graph.output], fetch],
                                         feed_dict={model.x: np.asarray(x, np.float32)})
-        return logits, {n: layout.nhwc_to_nchw(v) for n, v in out.items()}
+        return layout.nhwc_to_nchw(logits), {n: layout.nhwc_to_nchw(v) for n, v in out.items()}
 
     def moments(self, model: TFModel, x: np.ndarray, taps: Sequence[str] = (), bn_batch_stats: bool = False):
         for n in taps:

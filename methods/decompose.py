@@ -1,0 +1,222 @@
+"""Low-rank decomposition: ``python -m methods.decompose --backend tf|torch [--config hyperparams/decompose_*.py]``.
+
+Tucker-2 (Kim et al. 2016, default) or CP (Lebedev et al. 2015) of the
+convolutions of a trained network with EVBMF ranks, truncated SVD or a
+diagonal structure for its dense layers, a latency guard that keeps a
+factorisation only where it is faster on this machine, then fine-tuning.
+
+Work directory: ``baseline/`` (when ``model.init`` is empty), ``decomposed.safetensors`` and
+``layers.json`` (the decomposed network before fine-tuning and the decision for every
+layer), ``finetune/``, ``final.safetensors``, ``metrics.json``, ``log.txt``. A rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from compress_core import checkpoint, decompose, flops
+from compress_core.fileio import atomic_write_json
+from methods import common
+
+
+def get_teacher(ctx: common.Context):
+    """The network to decompose: ``model.init``, or a baseline trained with the ``train`` section."""
+    model = common.build_model(ctx)
+    if not ctx.cfg.model.init:
+        common.log.info("no model.init given: training the baseline first")
+        common.fit(ctx, model, ctx.cfg.train, "baseline")
+    return model
+
+
+def candidates(graph, d) -> list[str]:
+    """Layers to try, in graph order: ``layers`` (or every conv, plus dense layers when ``fc`` is on) minus ``skip``."""
+    ops = ("conv", "dense") if d.fc != "none" else ("conv",)
+    names = list(d.layers) or [n.name for n in graph.of_op(*ops)]
+    return [n for n in names if n not in d.skip and graph[n].op in ops]
+
+
+def replacement(graph, params, name: str, d, fc_kind: str | None = None) -> decompose.Replacement:
+    """The factorised sequence of one layer by the config (ranks from ``d.ranks`` or VBMF)."""
+    given = {e[0]: tuple(e[1:]) for e in d.ranks}
+    ranks = given.get(name)
+    if ranks is not None and min(ranks) == 0:
+        raise decompose.Skip(f"rank 0 given in decompose.ranks {ranks}")
+    kind = fc_kind or d.fc
+    if graph[name].op == "dense" and kind == "diagonal":
+        return decompose.diagonal_dense(graph, params, name)
+    if graph[name].op == "dense":
+        return decompose.svd_dense(graph, params, name, ranks[0] if ranks else None, d.weakening)
+    if d.method == "tucker2":
+        return decompose.tucker2_conv(graph, params, name, ranks, d.weakening)
+    return decompose.cp_conv(graph, params, name, ranks[0] if ranks else None, rule=d.cp_rule,
+                             weakening=d.weakening, n_iter_max=d.cp_iters)
+
+
+def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
+    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
+    so that the load of a shared machine weighs on every model alike."""
+    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
+    for m, x in zip(models, xs):
+        for _ in range(2):
+            backend.forward(m, x)
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for t, m, x in zip(times, models, xs):
+            start = time.perf_counter()
+            backend.forward(m, x)
+            t.append(time.perf_counter() - start)
+    return [1000.0 * float(np.median(t)) for t in times]
+
+
+def guard(ctx: common.Context, graph, rep) -> tuple[float, float]:
+    """Median CPU time (ms) of the original layer and of its factorised sequence, as one-layer graphs."""
+    d = ctx.cfg.decompose
+    models = [ctx.backend.build(probe) for probe in decompose.probe_graphs(graph, rep)]
+    dense, factorised = interleaved_ms(ctx.backend, models, d.latency_batch, d.latency_repeats)
+    return dense, factorised
+
+
+def plan(ctx: common.Context, graph, params, names, fc_kind: str | None = None):
+    """Decide every candidate: replacements kept and one record per layer (kept or why not)."""
+    d = ctx.cfg.decompose
+    reps, records = [], []
+    for name in names:
+        rec = {"layer": name, "op": graph[name].op, "kept": False}
+        try:
+            rep = replacement(graph, params, name, d, fc_kind)
+            rec.update(kind=rep.kind, **rep.info, **decompose.check_saves(graph, rep))
+            if d.latency_guard:
+                rec["ms_dense"], rec["ms_factorised"] = guard(ctx, graph, rep)
+                if rec["ms_factorised"] >= (1.0 - d.latency_margin) * rec["ms_dense"]:
+                    raise decompose.Skip(f"slower on this machine ({rec['ms_factorised']:.3f} ms vs "
+                                         f"{rec['ms_dense']:.3f} ms dense)")
+            rec["kept"] = True
+            reps.append(rep)
+            common.log.info("%s: %s %s, rel. error %.3f, MACs %d -> %d", name, rep.kind,
+                            rep.info.get("ranks", rep.info.get("rank", "")), rep.info["error"],
+                            rec["macs_before"], rec["macs_after"])
+        except decompose.Skip as e:
+            rec["reason"] = str(e)
+            common.log.info("%s: left alone: %s", name, e)
+        records.append(rec)
+    return reps, records
+
+
+def decompose_model(ctx: common.Context, teacher):
+    """The decomposed network before fine-tuning; resumes from ``decomposed.safetensors``."""
+    path, rec_path = ctx.path("decomposed.safetensors"), ctx.path("layers.json")
+    if os.path.exists(path) and os.path.exists(rec_path):
+        common.log.info("decomposed network found in %s: decomposition skipped", path)
+        with open(rec_path) as f:
+            return common.load_model(ctx.backend, path), json.load(f)
+    graph, params = teacher.graph, ctx.backend.get_weights(teacher)
+    names = candidates(graph, ctx.cfg.decompose)
+    if ctx.cfg.decompose.fc == "diagonal":  # dense layers are made diagonal after the regularised fine-tuning
+        names = [n for n in names if graph[n].op != "dense"]
+    reps, records = plan(ctx, graph, params, names)
+    small, sp = decompose.apply(graph, params, reps)
+    checkpoint.save_checkpoint(path, small, sp, {"method": f"decompose-{ctx.cfg.decompose.method}"})
+    atomic_write_json(rec_path, records)
+    return ctx.backend.build(small, sp), records
+
+
+def diagonal_layers(ctx: common.Context, graph) -> list[str]:
+    if ctx.cfg.decompose.fc != "diagonal":
+        return []
+    return [n for n in candidates(graph, ctx.cfg.decompose) if graph[n].op == "dense"]
+
+
+def shrink_callback(ctx: common.Context, model, names):
+    """Before every fine-tuning epoch: the proximal step of the diagonal-structure penalty."""
+    step = ctx.cfg.decompose.diag_step
+
+    def on_epoch(epoch, trainer):
+        w = ctx.backend.get_weights(model)
+        ctx.backend.set_weights(model, {f"{n}.weight": decompose.shrink_off_diagonal(w[f"{n}.weight"], step)
+                                        for n in names}, strict=False)
+    return on_epoch
+
+
+def compact(ctx: common.Context, model, fc_kind: str, names):
+    """``model`` with the given dense layers replaced (no fine-tuning), and the records."""
+    reps, records = plan(ctx, model.graph, ctx.backend.get_weights(model), names, fc_kind)
+    graph, params = decompose.apply(model.graph, ctx.backend.get_weights(model), reps)
+    return ctx.backend.build(graph, params), records
+
+
+def report_row(ctx: common.Context, name: str, model) -> dict:
+    """Cost and accuracy of a model; latencies are added by :func:`add_latencies`."""
+    row = {"model": name, **common.cost(model)}
+    for split in ("val", "test"):
+        row[f"{split}_accuracy"] = common.evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"]
+    return row
+
+
+def add_latencies(ctx: common.Context, rows: list[dict], models: list) -> None:
+    """CPU latency at batch 1 and 32 of every row's model, timed in turns; speedup and MAC reduction
+    relative to the first row, and their ratio (1: the MAC reduction is fully realised)."""
+    for b in (1, 32):
+        for row, ms in zip(rows, interleaved_ms(ctx.backend, models, b, ctx.cfg.decompose.report_repeats)):
+            row[f"latency_b{b}_ms"] = ms
+    for row in rows:
+        row["speedup_b32"] = rows[0]["latency_b32_ms"] / row["latency_b32_ms"]
+        row["mac_reduction"] = rows[0]["macs"] / row["macs"]
+        row["speedup_per_mac_reduction"] = row["speedup_b32"] / row["mac_reduction"]
+
+
+def print_table(rows: list[dict]) -> str:
+    head = (f"{'model':<24}{'params':>10}{'MACs':>10}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
+            f"{'speedup':>9}{'MAC red.':>9}{'ratio':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['model']:<24}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>9.2f}M{r['val_accuracy']:>8.2f}"
+                     f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}"
+                     f"{r['speedup_b32']:>9.2f}{r['mac_reduction']:>9.2f}{r['speedup_per_mac_reduction']:>7.2f}")
+    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time in this run; "
+                 "speedup at batch 32 vs baseline; ratio = speedup / MAC reduction")
+    return "\n".join(lines)
+
+
+def run(ctx: common.Context) -> dict:
+    d = ctx.cfg.decompose
+    teacher = get_teacher(ctx)
+    models = {"baseline": teacher}
+    student, records = decompose_model(ctx, teacher)
+    models["decomposed"] = ctx.backend.build(student.graph, ctx.backend.get_weights(student))
+    diag = diagonal_layers(ctx, student.graph)
+    if diag:  # the structure without the regulariser, for comparison
+        models["diagonal FC, no reg."] = compact(ctx, teacher, "diagonal", diag)[0]
+    elif d.fc == "svd" and any(r["op"] == "dense" and r["kept"] for r in records):
+        fc = [r["layer"] for r in records if r["op"] == "dense" and r["kept"]]
+        models["SVD FC only"] = compact(ctx, teacher, "svd", fc)[0]
+    common.fit(ctx, student, ctx.cfg.finetune, "finetune",
+               on_epoch=shrink_callback(ctx, student, diag) if diag else None)
+    models["fine-tuned" + (" (diag. reg.)" if diag else "")] = student
+    if diag:
+        student, diag_records = compact(ctx, student, "diagonal", diag)
+        records += diag_records
+        models["diagonal FC"] = student
+    rows = [report_row(ctx, name, m) for name, m in models.items()]
+    add_latencies(ctx, rows, list(models.values()))
+    final = ctx.path("final.safetensors")
+    common.save_model(ctx.backend, student, final, method=f"decompose-{d.method}")
+    print(print_table(rows))
+    print("layers: " + ", ".join(f"{r['layer']} {r.get('kind', '')} {r.get('ranks', r.get('rank', ''))}"
+                                  .strip() + ("" if r["kept"] else " (kept dense)") for r in records))
+    metrics = {"backend": ctx.backend.name, "rows": rows, "layers": records, "checkpoint": final,
+               "mac_fraction": flops.count_macs(student.graph) / rows[0]["macs"]}
+    common.write_metrics(ctx, metrics)
+    return metrics
+
+
+def cli(argv=None) -> int:
+    return common.main(run, __doc__.splitlines()[0], "decompose_resnet20_digits.py", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

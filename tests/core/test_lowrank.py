@@ -1,0 +1,160 @@
+"""EVBMF ranks, Tucker-2, CP and the graph replacements (numpy only, hand-derived values)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compress_core import decompose, lowrank
+from compress_core.errors import UserError
+from compress_core.graph import Graph, Node, conv_node
+
+
+def _planted(L, M, r, seed=0, noise=0.3):
+    """Rank-r signal (singular values ~ sqrt(LM)) plus i.i.d. noise far below the MP edge."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(L, r)) @ rng.normal(size=(r, M)) + noise * rng.normal(size=(L, M))
+
+
+def test_tau_bar_is_the_root_of_its_equation():
+    # alpha = 1: 2 log(1 + tau) = tau has the root 2.51286... (the reference's constant 2.5129)
+    assert lowrank.tau_bar(1.0) == pytest.approx(2.5128624, abs=1e-6)
+    t = lowrank.tau_bar(0.01)
+    assert math.log1p(t) + 0.01 * math.log1p(t / 0.01) == pytest.approx(t, abs=1e-12)
+    assert t > 2.5129 * 0.1 * 1.1  # the reference's approximation is >10 % low at alpha = 0.01
+
+
+@pytest.mark.parametrize("shape,r", [((64, 256), 9), ((256, 64), 9), ((64, 9), 3), ((100, 100), 10)])
+def test_evbmf_recovers_planted_ranks_in_any_orientation_and_scale(shape, r):
+    y = _planted(*shape, r)
+    # the reference gives 7 for 256x64 and crashes on 64x9 (untransposed, section 3a of the method doc)
+    assert lowrank.evbmf_rank(y) == r
+    assert lowrank.evbmf_rank(y.T) == r
+    # its absolute tolerance made the rank drift with the scale (3b); the RMS normalisation fixes it
+    assert [lowrank.evbmf_rank(s * y) for s in (1e-3, 1e-2, 1e3)] == [r, r, r]
+
+
+def test_evbmf_threshold_and_noise_variance():
+    y = _planted(50, 50, 4, noise=1.0)
+    res = lowrank.evbmf(y)
+    # alpha = 1: xbar = (1 + tau)(1 + 1/tau) = 3.512862 * 1.397953 = 4.910815; threshold = sqrt(M sigma2 xbar)
+    assert res.threshold == pytest.approx(math.sqrt(50 * res.sigma2 * 4.910815), rel=1e-6)
+    assert res.sigma2 == pytest.approx(1.0, rel=0.15)  # the planted noise variance
+    assert res.rank == 4 and res.shrunk.shape == (4,)
+    s = np.linalg.svd(y, compute_uv=False)
+    assert np.all(res.shrunk < s[:4]) and np.all(res.shrunk > 0.8 * s[:4])  # shrinkage, not selection
+    assert lowrank.evbmf(1e-3 * y).sigma2 == pytest.approx(1e-6 * res.sigma2, rel=1e-6)
+
+
+def test_evbmf_of_noise_or_zeros_is_rank_0_and_bad_input_is_named():
+    assert lowrank.evbmf_rank(np.random.default_rng(0).normal(size=(32, 288))) == 0
+    assert lowrank.evbmf_rank(np.zeros((5, 7))) == 0
+    with pytest.raises(UserError, match="matrix"):
+        lowrank.evbmf_rank(np.ones(4))
+    with pytest.raises(UserError, match="NaN"):
+        lowrank.evbmf_rank(np.full((3, 3), np.nan))
+
+
+def test_tucker2_ranks_and_weakening():
+    rng = np.random.default_rng(0)
+    core = rng.normal(size=(3, 5, 3, 3))
+    w = lowrank.tucker2_reconstruct(core, np.linalg.qr(rng.normal(size=(32, 3)))[0],
+                                    np.linalg.qr(rng.normal(size=(24, 5)))[0])
+    w += 1e-3 * rng.normal(size=w.shape)
+    assert lowrank.tucker2_ranks(w) == (3, 5)
+    # rank + ceil(w (dim - rank)): 0 + ceil(0.5 * 16) = 8; 3 + ceil(0.5 * 7) = 7; w = 1 is full rank
+    assert lowrank.weaken(0, 16, 0.5) == 8 and lowrank.weaken(3, 10, 0.5) == 7 and lowrank.weaken(3, 10, 1.0) == 10
+    assert lowrank.weaken(3, 10, 0.0) == 3
+
+
+def test_tucker2_full_rank_is_exact_and_truncated_factors_are_orthonormal():
+    w = np.random.default_rng(1).normal(size=(8, 6, 3, 2))
+    core, u_out, u_in = lowrank.tucker2(w, (8, 6))
+    assert np.allclose(lowrank.tucker2_reconstruct(core, u_out, u_in), w, atol=1e-10)
+    core, u_out, u_in = lowrank.tucker2(w.astype(np.float32), (3, 2))
+    assert core.shape == (3, 2, 3, 2) and u_out.shape == (8, 3) and u_in.shape == (6, 2)
+    assert np.allclose(u_out.T @ u_out, np.eye(3)) and np.allclose(u_in.T @ u_in, np.eye(2))
+
+
+@pytest.mark.parametrize("ranks,needle", [((9, 2), r"rank 9 outside \[1, 8\]"), ((2, -1), "rank -1"),
+                                          ((2.5, 2), "integer"), ((2,), "two ranks")])
+def test_tucker2_rejects_bad_ranks(ranks, needle):
+    with pytest.raises(UserError, match=needle):
+        lowrank.tucker2(np.ones((8, 6, 3, 3)), ranks)
+
+
+def test_cp_finds_exact_factors_reproducibly():
+    rng = np.random.default_rng(2)
+    w = lowrank.cp_reconstruct(*[rng.normal(size=(d, 4)) for d in (10, 7, 3, 3)])
+    f = lowrank.cp(w, 4)
+    assert f.error < 1e-5
+    assert np.allclose(lowrank.cp_reconstruct(f.out, f.inp, f.h, f.w), w, atol=1e-4 * np.abs(w).max())
+    again = lowrank.cp(w, 4)
+    assert np.array_equal(f.out, again.out)  # seeded: the same factors every run
+    assert lowrank.cp_rank(w, "seed") == 10 // 3
+    with pytest.raises(UserError, match="rule"):
+        lowrank.cp_rank(w, "guess")
+
+
+def _net(cout=16, groups=1):
+    nodes = [Node("input", "input"), conv_node("c", "input", cout, groups=groups), Node("pool", "gap", ("c",)),
+             Node("fc", "dense", ("pool",), {"out": 10, "bias": True})]
+    return Graph("net", (16, 8, 8), nodes, "fc")
+
+
+def _params(g, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in g.param_shapes().items()}
+
+
+def test_replacement_costs_and_skips():
+    g = _net()
+    p = _params(g)
+    rep = decompose.tucker2_conv(g, p, "c", ranks=(4, 4))
+    # per pixel (8x8 = 64): 16*4 (1x1) + 4*4*9 (core) + 4*16 (1x1) = 272 MACs vs 16*16*9 = 2304
+    assert decompose.costs(g, rep) == {"macs_before": 2304 * 64, "macs_after": 272 * 64,
+                                       "params_before": 2304, "params_after": 272}
+    # full rank costs more than the conv: left alone, with the reason
+    with pytest.raises(decompose.Skip, match="would not save MACs"):
+        decompose.check_saves(g, decompose.tucker2_conv(g, p, "c", ranks=(16, 16)))
+    with pytest.raises(decompose.Skip, match="zero"):
+        decompose.tucker2_conv(g, p, "c", ranks=(0, 3))
+    # CP rank 5: 16*5 + 5*3 + 5*3 + 5*16 = 190 MACs per pixel
+    cp = decompose.cp_conv(g, p, "c", rank=5)
+    assert decompose.costs(g, cp)["macs_after"] == 190 * 64
+    # dense 10x64... here 10x16: SVD rank 3 has 16*3 + 3*10 + 10 (bias) parameters
+    svd = decompose.svd_dense(g, p, "fc", rank=3)
+    assert decompose.costs(g, svd)["params_after"] == 48 + 30 + 10
+    with pytest.raises(UserError, match=r"rank 11 outside \[1, 10\]"):
+        decompose.svd_dense(g, p, "fc", rank=11)
+    with pytest.raises(UserError, match="no layer named 'nope'"):
+        decompose.tucker2_conv(g, p, "nope", ranks=(2, 2))
+
+
+def test_diagonal_structure_shrink_and_compact_layer():
+    w = np.arange(1, 7, dtype=np.float32).reshape(2, 3)  # [[1,2,3],[4,5,6]]
+    # off-diagonal entries divided by 1 + step = 2; the diagonal (1, 5) is untouched
+    assert np.array_equal(decompose.shrink_off_diagonal(w, 1.0), [[1, 1, 1.5], [2, 5, 3]])
+    g = _net()
+    p = _params(g)
+    rep = decompose.diagonal_dense(g, p, "fc")
+    g2, p2 = decompose.apply(g, p, [rep])
+    # 10 outputs from 16 channels: a select of channels 0..9, a per-channel 1x1 conv, the pool
+    assert [n.op for n in g2.nodes] == ["input", "conv", "select", "conv", "gap"]
+    assert np.array_equal(p2["fc.diag.weight"].ravel(), np.diagonal(p["fc.weight"]))
+    assert decompose.costs(g, rep)["params_after"] == 20  # min(10, 16) weights + 10 biases
+    head = Graph("h", (4,), [Node("input", "input"), Node("fc", "dense", ("input",), {"out": 2, "bias": False})], "fc")
+    with pytest.raises(decompose.Skip, match="global average pool"):
+        decompose.diagonal_dense(head, {"fc.weight": np.ones((2, 4))}, "fc")
+
+
+def test_grouped_conv_ranks_are_per_group():
+    g = _net(cout=16, groups=2)
+    p = _params(g)
+    rep = decompose.tucker2_conv(g, p, "c", ranks=(3, 2))
+    assert rep.params["c.reduce.weight"].shape == (4, 8, 1, 1)   # 2 groups x r_in 2, 8 inputs per group
+    assert rep.params["c.core.weight"].shape == (6, 2, 3, 3)
+    assert rep.params["c.weight"].shape == (16, 3, 1, 1)
+    assert decompose.tucker2_ranks_of(g, p, "c", weakening=1.0) == (8, 8)
