@@ -35,7 +35,8 @@ def layer_costs(graph: Graph) -> list[LayerCost]:
     costs = []
     for n in graph.of_op("conv", "dense", "bn"):
         params = sum(int(np.prod(s)) for k, s in pshapes.items()
-                     if k.rsplit(".", 1)[0] == n.name and not Graph.is_buffer(k))
+                     if k.rsplit(".", 1)[0] == n.name and not Graph.is_buffer(k)
+                     and not (n.attrs.get("kse_sum") and k.endswith(".weight")))
         macs = 0
         if n.op in ("conv", "dense"):
             w = pshapes[f"{n.name}.weight"]

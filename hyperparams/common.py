@@ -123,3 +123,52 @@ def validate_cdc(cfg) -> None:
     if cfg.cdc.block_threshold >= 0 and not cfg.cdc.coarse_labels and cfg.cdc.num_coarse < 2:
         raise UserError("coarse labels are used (cdc.block_threshold >= 0): set cdc.coarse_labels "
                         "or cdc.num_coarse >= 2")
+
+
+def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", teacher: str = "",
+                   entropy_sets: str = "paper", form: str = "auto"):
+    return ConfigDict({
+        "teacher": teacher,          # trained checkpoint to compress; empty: train one with the `train` section
+        "G": G,                      # number of levels (>= 2): level 0 pruned, G-1 kept, others clustered
+        "T": T,                      # >= 0: intermediate levels get ceil(N / 2^(G-1-g+T)) centroids
+        "k": 5,                      # nearest neighbours of the kernel entropy (the reference: 5)
+        "entropy_sets": entropy_sets,  # paper: kernels of input channel c; reference: the released code's sets
+        "layers": layers,            # regex of the conv names to compress (full match)
+        "kmeans_max_iter": 100,      # Lloyd iterations at most per k-means
+        "kmeans_tol": 1e-4,          # stop when centres move < tol * mean variance (scikit-learn's rule)
+        "form": form,                # exported inference form: auto (the faster here), dense or shared
+        "latency_batch": 32,         # batch size at which the two forms are timed
+        "latency_repeats": 10,       # timed forward passes per form (median)
+    })
+
+
+def validate_kse(cfg) -> None:
+    """Checks of a KSE file before anything runs, including the layers of the model or the teacher."""
+    import numpy as np
+
+    from compress_core import checkpoint, zoo
+    from compress_core.config import check_choice, check_range
+    from compress_core.criteria.kse import ENTROPY_SETS
+    from compress_core.errors import UserError
+    from compress_core.kse import layer_names
+
+    validate_train(cfg)
+    c = cfg.kse
+    check_range(cfg, "kse.G", 2, None)
+    check_range(cfg, "kse.T", 0, None)
+    check_range(cfg, "kse.k", 1, None)
+    check_choice(cfg, "kse.entropy_sets", list(ENTROPY_SETS))
+    check_choice(cfg, "kse.form", ["auto", "dense", "shared"])
+    if c.teacher:
+        graph, params, _ = checkpoint.load_checkpoint(c.teacher)
+    else:
+        graph, params = zoo.build(cfg.model.name), None
+    names = layer_names(graph, c.layers)
+    shapes = graph.param_shapes()
+    for name in names:
+        n = shapes[f"{name}.weight"][0]
+        if n < c.k + 1:
+            raise UserError(f"layer '{name}' has {n} filters; the KSE entropy with kse.k={c.k} needs at least "
+                            f"{c.k + 1} (exclude it with kse.layers)")
+        if params is not None and not np.all(np.isfinite(params[f"{name}.weight"])):
+            raise UserError(f"teacher {c.teacher}: '{name}.weight' has NaN or infinite values")
