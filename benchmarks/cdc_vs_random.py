@@ -5,9 +5,9 @@
 One baseline ResNet-20 is trained (the digits config of ``methods.cdc_prune``);
 CDC keeps the highest-scoring channels of every mask at about half the MACs;
 random selection keeps the same number of channels per mask, drawn uniformly
-(one draw per seed). Every pruned network gets the same fine-tuning. Prints
-validation and test accuracy before and after fine-tuning (test accuracy is
-reported, never used for any choice).
+(one draw per seed, the table shows the mean). Every pruned network gets the same
+fine-tuning; accuracy is shown after 0, 1 and the config's number of epochs
+(validation / test; test accuracy is reported, never used for any choice).
 """
 
 from __future__ import annotations
@@ -45,19 +45,34 @@ def main() -> None:
         rng = np.random.default_rng(100 + s)
         candidates[f"random #{s + 1}"] = [np.sort(rng.choice(pt.width, k, replace=False))
                                           for pt, k in zip(points, counts)]
-    base = {split: common.evaluate(backend, teacher, getattr(ctx.splits, split))["accuracy"] for split in ("val", "test")}
-    print(f"{args.backend}, resnet20 on digits, fine-tuning {cfg.finetune.epochs} epochs per network")
-    print(f"{'selection':<14}{'MAC %':>7}{'val pre':>9}{'test pre':>9}{'val ft':>8}{'test ft':>8}")
-    print(f"{'unpruned':<14}{100.0:>7.1f}{base['val']:>9.2f}{base['test']:>9.2f}{base['val']:>8.2f}{base['test']:>8.2f}")
+    budgets = sorted({0, 1, cfg.finetune.epochs})
     weights = backend.get_weights(teacher)
+    results: dict[str, list] = {}
     for i, (name, keeps) in enumerate(candidates.items()):
         graph, params = cdc.apply(teacher.graph, weights, points, keeps)
-        model = backend.build(graph, params)
-        pre = [common.evaluate(backend, model, getattr(ctx.splits, s))["accuracy"] for s in ("val", "test")]
-        common.fit(ctx, model, cfg.finetune, f"finetune_{i}")
-        post = [common.evaluate(backend, model, getattr(ctx.splits, s))["accuracy"] for s in ("val", "test")]
-        frac = 100.0 * common.cost(model)["macs"] / common.cost(teacher)["macs"]
-        print(f"{name:<14}{frac:>7.1f}{pre[0]:>9.2f}{pre[1]:>9.2f}{post[0]:>8.2f}{post[1]:>8.2f}")
+        row = []
+        for epochs in budgets:
+            model = backend.build(graph, params)
+            if epochs:
+                common.fit(ctx, model, _with_epochs(cfg.finetune, epochs), f"ft_{i}_{epochs}")
+            row.append([common.evaluate(backend, model, getattr(ctx.splits, s))["accuracy"] for s in ("val", "test")])
+        results[name.split(" #")[0]] = results.get(name.split(" #")[0], []) + [row]
+    frac = 100.0 * cdc.macs_after(teacher.graph, points, counts) / common.cost(teacher)["macs"]
+    base = [common.evaluate(backend, teacher, getattr(ctx.splits, s))["accuracy"] for s in ("val", "test")]
+    print(f"{args.backend}, resnet20 on digits, pruned to {frac:.1f}% of the MACs; "
+          f"unpruned: val {base[0]:.2f}, test {base[1]:.2f}")
+    print(f"{'selection':<12}" + "".join(f"{f'ft {e} ep val/test':>22}" for e in budgets))
+    for name, rows in results.items():
+        mean = np.mean(np.array(rows), axis=0)
+        print(f"{name + (f' x{len(rows)}' if len(rows) > 1 else ''):<12}"
+              + "".join(f"{v:>14.2f} /{t:>6.2f}" for v, t in mean))
+
+
+def _with_epochs(tcfg, epochs):
+    c = tcfg.copy_and_resolve_references()
+    c.unlock()
+    c.epochs = epochs
+    return c
 
 
 if __name__ == "__main__":
