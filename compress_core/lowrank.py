@@ -38,13 +38,18 @@ class EVBMFResult:
     shrunk: np.ndarray
 
 
-def _matrix(matrix, name: str) -> np.ndarray:
-    y = np.asarray(matrix, np.float64)
-    if y.ndim != 2 or y.size == 0:
-        raise UserError(f"{name} must be a non-empty 2-D array, got shape {y.shape}")
+def _checked(array, ndim: int, what: str, name: str) -> np.ndarray:
+    """``array`` as float64 if it has rank ``ndim``, is non-empty and finite; else a UserError naming it."""
+    y = np.asarray(array, np.float64)
+    if y.ndim != ndim or y.size == 0:
+        raise UserError(f"{name} must be {what}, got shape {y.shape}")
     if not np.all(np.isfinite(y)):
         raise UserError(f"{name} contains NaN or infinite values")
     return y
+
+
+def _matrix(matrix, name: str) -> np.ndarray:
+    return _checked(matrix, 2, "a non-empty 2-D array", name)
 
 
 def tau_bar(alpha: float) -> float:
@@ -131,12 +136,7 @@ def evbmf_rank(matrix) -> int:
 
 
 def _kernel(weight, name: str = "weight") -> np.ndarray:
-    w = np.asarray(weight, np.float64)
-    if w.ndim != 4 or w.size == 0:
-        raise UserError(f"{name} must be a conv kernel [out, in, kh, kw], got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise UserError(f"{name} contains NaN or infinite values")
-    return w
+    return _checked(weight, 4, "a conv kernel [out, in, kh, kw]", name)
 
 
 def unfold(weight, mode: int) -> np.ndarray:

@@ -117,9 +117,7 @@ def prune(ctx: common.Context, teacher):
 
 
 def report_row(ctx, name: str, model) -> dict:
-    row = {"model": name, **common.cost(model)}
-    for split in ("val", "test"):
-        row[f"{split}_accuracy"] = common.evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"]
+    row = common.summary_row(ctx, name, model)
     for b in (1, 32):
         row[f"latency_b{b}_ms"] = common.latency(ctx.backend, model, b)
     return row

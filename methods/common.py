@@ -187,6 +187,14 @@ def cost(model) -> dict[str, int]:
     return flops.summary(model.graph)
 
 
+def summary_row(ctx: Context, name: str, model) -> dict:
+    """One line of a method's before/after table: MACs, params, validation and test accuracy."""
+    row = {"model": name, **cost(model)}
+    for split in ("val", "test"):
+        row[f"{split}_accuracy"] = evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"]
+    return row
+
+
 # -- training -----------------------------------------------------------------------------------
 def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_epoch=None,
         on_step=None) -> dict:

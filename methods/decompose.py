@@ -151,10 +151,7 @@ def compact(ctx: common.Context, model, fc_kind: str, names):
 
 def report_row(ctx: common.Context, name: str, model) -> dict:
     """Cost and accuracy of a model; latencies are added by :func:`add_latencies`."""
-    row = {"model": name, **common.cost(model)}
-    for split in ("val", "test"):
-        row[f"{split}_accuracy"] = common.evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"]
-    return row
+    return common.summary_row(ctx, name, model)
 
 
 def add_latencies(ctx: common.Context, rows: list[dict], models: list) -> None:

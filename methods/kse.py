@@ -132,10 +132,11 @@ def compress(ctx: common.Context, teacher):
 
 def report_row(ctx, name: str, model, cfg, same_as: dict | None = None) -> dict:
     """Cost, accuracy and latency of ``model``; accuracies copied from ``same_as`` (an equal network)."""
-    row = {"model": name, **common.cost(model)}
-    for split in ("val", "test"):
-        row[f"{split}_accuracy"] = (same_as[f"{split}_accuracy"] if same_as else
-                                    common.evaluate(ctx.backend, model, getattr(ctx.splits, split))["accuracy"])
+    if same_as:
+        row = {"model": name, **common.cost(model),
+               **{f"{split}_accuracy": same_as[f"{split}_accuracy"] for split in ("val", "test")}}
+    else:
+        row = common.summary_row(ctx, name, model)
     row["latency_ms"] = common.latency(ctx.backend, model, cfg.kse.latency_batch, cfg.kse.latency_repeats)
     return row
 
