@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,8 +56,21 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class OptimSpec:
+    """SGD settings. ``lr_scale`` multiplies the step's learning rate per canonical parameter
+    name (others get ``lr_scale_default``): Hinge searches with its sparsity matrices at
+    ``lr`` and the rest of the network at ``lr * 0.01``."""
+
     momentum: float = 0.9
     nesterov: bool = True
+    lr_scale: Mapping[str, float] = field(default_factory=dict)
+    lr_scale_default: float = 1.0
+
+    def scales(self, names: Sequence[str]) -> dict[str, float]:
+        """The learning-rate multiplier of every trainable parameter in ``names``."""
+        unknown = sorted(set(self.lr_scale) - set(names))
+        if unknown:
+            raise UserError(f"lr_scale names parameters the model does not train: {unknown[:3]}")
+        return {k: float(self.lr_scale.get(k, self.lr_scale_default)) for k in names}
 
 
 class Model(abc.ABC):
@@ -101,8 +114,8 @@ class Backend(abc.ABC):
         """A live model of ``graph``; weights from ``params`` or from ``init_params(graph)``."""
 
     @abc.abstractmethod
-    def get_weights(self, model: Model) -> dict[str, np.ndarray]:
-        """All parameters and buffers, canonical names and layouts, float32 copies."""
+    def get_weights(self, model: Model, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """All parameters and buffers (or only ``names``), canonical names and layouts, float32 copies."""
 
     @abc.abstractmethod
     def set_weights(self, model: Model, params: Mapping[str, np.ndarray], strict: bool = True) -> None:

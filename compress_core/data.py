@@ -29,7 +29,7 @@ from compress_core.errors import UserError, check
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "synthetic")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "synthetic", "imagenet")
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +75,17 @@ class Dataset:
         """Return a new dataset with the samples at ``indices`` (copied)."""
         indices = np.asarray(indices, dtype=np.int64)
         return dataclasses.replace(self, x=self.x[indices], y=self.y[indices])
+
+    def take(self, indices: np.ndarray, rng: np.random.Generator | None = None,
+             augment: Augment | None = None) -> np.ndarray:
+        """The images at ``indices`` as a batch, through ``augment(x, rng)`` if given.
+
+        Every batch of :func:`iterate_batches` is read here, so a lazy dataset
+        (:class:`compress_core.imagefolder.ImageFolderDataset`) overrides it to
+        decode files on demand.
+        """
+        x = self.x[indices]
+        return augment(x, rng) if augment is not None else x
 
 
 class Splits(NamedTuple):
@@ -370,8 +381,7 @@ def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
     order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
     for b in range(n_batches):
         idx = order[b * batch_size:(b + 1) * batch_size]
-        x = dataset.x[idx]
-        yield (augment(x, rng) if augment is not None else x), dataset.y[idx]
+        yield dataset.take(idx, rng, augment), dataset.y[idx]
 
 
 # --------------------------------------------------------------------------- dispatcher
@@ -380,7 +390,8 @@ def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
 def get_dataset(name: str, path: str | Path | None = None, *, val_fraction: float = 0.1,
                 test_fraction: float = 0.1, seed: int = 0, label_mode: str = "fine",
                 synthetic_n: int = 512, synthetic_classes: int = 4,
-                synthetic_shape: tuple[int, int, int] = (3, 8, 8)) -> DataSplits:
+                synthetic_shape: tuple[int, int, int] = (3, 8, 8), image_size: int = 224,
+                workers: int | None = None) -> DataSplits:
     """Load dataset ``name`` and return normalised, stratified train/val/test splits.
 
     * ``digits`` / ``synthetic``: one array split into train/val/test by
@@ -388,12 +399,24 @@ def get_dataset(name: str, path: str | Path | None = None, *, val_fraction: floa
     * ``cifar10`` / ``cifar100``: ``path`` is required (see :func:`load_cifar`);
       val is split off the training archive, test is the official test archive,
       so ``test_fraction`` is ignored.
+    * ``imagenet``: ``path`` is a folder ``{train,val}/<class>/*.JPEG`` (see
+      :mod:`compress_core.imagefolder`), decoded lazily to ``image_size`` crops
+      by ``workers`` threads; val is split off ``train``, test is ``val``.
+      Normalised with the fixed ImageNet mean/std at decode time.
 
     Mean/std come from the train split only and are applied to all three.
     """
     check(name in DATASET_NAMES, f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     is_cifar = name.startswith("cifar")
-    check(is_cifar or path is None, f"dataset {name!r} takes no path, got path={path!r}")
+    check(is_cifar or name == "imagenet" or path is None, f"dataset {name!r} takes no path, got path={path!r}")
+    if name == "imagenet":
+        from compress_core import imagefolder
+
+        check(path is not None, "dataset 'imagenet' needs path= to a folder with train/ and val/")
+        full_train, test = imagefolder.load_image_folder(path, image_size, workers)
+        train, val, _ = split(full_train, val_fraction, 0.0, seed)
+        return DataSplits(train, val, test, train.num_classes, imagefolder.IMAGENET_MEAN.copy(),
+                          imagefolder.IMAGENET_STD.copy())
     if is_cifar:
         check(path is not None, f"dataset {name!r} needs path= to the CIFAR folder or .tar.gz")
         full_train, test = load_cifar(path, 10 if name == "cifar10" else 100, label_mode)

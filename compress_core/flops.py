@@ -28,20 +28,26 @@ def layer_costs(graph: Graph) -> list[LayerCost]:
     """MACs and trainable parameters of every conv / dense / bn node, in graph order.
 
     conv: ``out * H_out * W_out * (in / groups) * kh * kw`` MACs;
-    dense: ``in * out`` MACs. Parameters are trainable values (weights, biases,
+    dense: ``in * out`` MACs; diagonal: ``min(in, out)`` MACs. Parameters are trainable values (weights, biases,
     BN gamma and beta); running statistics are buffers and are not counted.
     """
     shapes, pshapes = graph.shapes(), graph.param_shapes()
     costs = []
-    for n in graph.of_op("conv", "dense", "bn"):
+    for n in graph.of_op("conv", "dense", "bn", "diagonal"):
         params = sum(int(np.prod(s)) for k, s in pshapes.items()
                      if k.rsplit(".", 1)[0] == n.name and not Graph.is_buffer(k)
                      and not (n.attrs.get("kse_sum") and k.endswith(".weight")))
         macs = 0
-        if n.op in ("conv", "dense"):
+        if n.op in ("conv", "dense", "diagonal"):
             w = pshapes[f"{n.name}.weight"]
             spatial = int(np.prod(shapes[n.name][1:])) if n.op == "conv" else 1
             macs = int(np.prod(w)) * spatial
+        if n.attrs.get("fused_from"):
+            # a DCFF fused conv costs what its export costs (``out`` filters): the n raw filters
+            # and the fusion product exist only while training
+            w = pshapes[f"{n.name}.weight"]
+            params = n.attrs["out"] * (int(np.prod(w[1:])) + int(bool(n.attrs["bias"])))
+            macs = macs // w[0] * n.attrs["out"]
         costs.append(LayerCost(n.name, n.op, macs, params))
     return costs
 

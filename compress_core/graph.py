@@ -17,9 +17,17 @@ Operators (``Node.op``) and their attributes:
     ``out`` channels, ``k=(kh, kw)``, ``stride``, ``pad=(ph, pw)`` (symmetric,
     explicit: never 'SAME', whose stride-2 split differs between frameworks),
     ``dilation``, ``groups``, ``bias``. Parameters ``weight [out, in/groups, kh, kw]``
-    and optionally ``bias [out]``.
+    and optionally ``bias [out]``. A *fused* conv (DCFF) also has ``fused_from=n``
+    (``groups`` 1): it keeps ``n`` raw filters ``weight [n, in, kh, kw]`` (and
+    ``bias [n]``) and a buffer ``fusion [out, n]``, and computes a plain conv with
+    ``fusion @ weight`` and ``fusion @ bias`` (gradients reach all ``n`` filters).
 ``dense``
     ``out``, ``bias``; input must be a vector. ``weight [out, in]``, ``bias [out]``.
+``diagonal``
+    a dense layer whose ``[out, in]`` weight is zero off its diagonal, stored
+    compactly: ``out``, ``bias``; input a vector ``x`` of ``in`` values;
+    ``y_j = weight_j x_j (+ bias_j)`` for ``j < n = min(out, in)``, ``y_j = 0 (+ bias_j)``
+    beyond. ``weight [n]``, ``bias [out]``.
 ``bn``
     batch normalisation over channels of a map or a vector; ``eps`` and
     ``momentum`` (PyTorch convention: ``running = (1-m) running + m batch``;
@@ -28,7 +36,9 @@ Operators (``Node.op``) and their attributes:
     ``running_var``.
 ``relu``, ``add`` (elementwise sum of equally shaped inputs), ``concat``
 (channels), ``gap`` (global average pool to a vector), ``flatten`` (NCHW order),
-``maxpool`` / ``avgpool`` (``k``, ``stride``; no padding).
+``maxpool`` / ``avgpool`` (``k``, ``stride``, optional symmetric ``pad``, default 0:
+a max-pool pads with -inf, so padding never wins the max; an average pool pads with
+zeros that count in the mean, PyTorch's ``count_include_pad=True``).
 ``select``
     parameter-free channel map with spatial subsampling, the option-A shortcut of
     CIFAR ResNets and every gather a pruned model needs:
@@ -46,7 +56,7 @@ from typing import Any
 from compress_core.errors import UserError
 
 OPS = ("input", "conv", "dense", "bn", "relu", "add", "concat", "gap", "flatten",
-       "maxpool", "avgpool", "select")
+       "maxpool", "avgpool", "select", "diagonal")
 
 #: default BatchNorm settings, set explicitly in both backends (their defaults differ)
 BN_EPS = 1e-5
@@ -159,11 +169,18 @@ class Graph:
             a = n.attrs
             if n.op == "conv":
                 cin = shapes[n.inputs[0]][0]
-                out[f"{n.name}.weight"] = (a["out"], cin // a["groups"], *a["k"])
+                raw = a.get("fused_from", a["out"])
+                out[f"{n.name}.weight"] = (raw, cin // a["groups"], *a["k"])
                 if a["bias"]:
-                    out[f"{n.name}.bias"] = (a["out"],)
+                    out[f"{n.name}.bias"] = (raw,)
+                if "fused_from" in a:
+                    out[f"{n.name}.fusion"] = (a["out"], raw)
             elif n.op == "dense":
                 out[f"{n.name}.weight"] = (a["out"], shapes[n.inputs[0]][0])
+                if a["bias"]:
+                    out[f"{n.name}.bias"] = (a["out"],)
+            elif n.op == "diagonal":
+                out[f"{n.name}.weight"] = (min(a["out"], shapes[n.inputs[0]][0]),)
                 if a["bias"]:
                     out[f"{n.name}.bias"] = (a["out"],)
             elif n.op == "bn":
@@ -174,8 +191,8 @@ class Graph:
 
     @staticmethod
     def is_buffer(param_name: str) -> bool:
-        """Running statistics are state, not trainable parameters."""
-        return param_name.endswith((".running_mean", ".running_var"))
+        """Running statistics and fusion matrices are state, not trainable parameters."""
+        return param_name.endswith((".running_mean", ".running_var", ".fusion"))
 
     # -- serialisation -------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -217,12 +234,17 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
             c, h, w = _map(n, ins[0])
             if c % a["groups"] or a["out"] % a["groups"]:
                 raise UserError(f"conv '{n.name}': channels {c}->{a['out']} not divisible by groups {a['groups']}")
+            if "fused_from" in a and (a["groups"] != 1 or not 1 <= a["out"] <= a["fused_from"]):
+                raise UserError(f"fused conv '{n.name}': {a['out']} outputs from {a['fused_from']} filters "
+                                f"with groups {a['groups']} (needs out <= fused_from, groups 1)")
             s = (a["out"],) + tuple(_pool_out(sz, k, st, p, d) for sz, k, st, p, d in
                                     zip((h, w), a["k"], a["stride"], a["pad"], a["dilation"]))
         elif n.op in ("maxpool", "avgpool"):
             c, h, w = _map(n, ins[0])
-            k, st = _pair(a["k"]), _pair(a["stride"])
-            s = (c, _pool_out(h, k[0], st[0]), _pool_out(w, k[1], st[1]))
+            k, st, p = _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))
+            if max(p[0] * 2 - k[0], p[1] * 2 - k[1]) > 0:
+                raise UserError(f"{n.op} '{n.name}': pad {p} is more than half the window {k}")
+            s = (c, _pool_out(h, k[0], st[0], p[0]), _pool_out(w, k[1], st[1], p[1]))
         elif n.op == "select":
             c, h, w = _map(n, ins[0])
             bad = [j for j in a["src"] if not -1 <= j < c]
@@ -233,6 +255,10 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
         elif n.op == "dense":
             if len(ins[0]) != 1:
                 raise UserError(f"dense '{n.name}' needs a vector input, got shape {ins[0]}")
+            s = (a["out"],)
+        elif n.op == "diagonal":
+            if len(ins[0]) != 1:
+                raise UserError(f"diagonal '{n.name}' needs a vector input, got shape {ins[0]}")
             s = (a["out"],)
         elif n.op in ("bn", "relu"):
             s = ins[0]

@@ -11,7 +11,7 @@ def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded initial values for every parameter and buffer of ``graph`` (float32, canonical).
 
     Convolutions: He normal, ``std = sqrt(2 / fan_in)`` (ReLU networks); dense:
-    uniform in ``+-1/sqrt(fan_in)`` (the PyTorch default); biases 0; BatchNorm
+    uniform in ``+-1/sqrt(fan_in)`` (the PyTorch default); diagonal: 1; biases 0; BatchNorm
     gamma 1, beta 0, running mean 0, running variance 1.
     """
     rng = np.random.default_rng(seed)
@@ -23,6 +23,8 @@ def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
             value = np.ones(shape) if kind in ("weight", "running_var") else np.zeros(shape)
         elif kind == "bias":
             value = np.zeros(shape)
+        elif node.op == "diagonal":  # one weight per output: the identity on the first min(in, out) values
+            value = np.ones(shape)
         elif node.op == "conv":
             value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), size=shape)
         else:

@@ -15,6 +15,12 @@ resnet164       pre-activation bottleneck ResNet (He et al. 2016b),
 vgg16           CIFAR VGG-16: 13 conv-BN-ReLU, 4 max-pools, GAP,
                 dense 512 -> BN -> ReLU -> classes (14.98 M params at 10 classes)
 densenet40      DenseNet-40, growth 12, BN-ReLU-conv layers, no compression
+resnet50        ImageNet ResNet-50 v1.5 (torchvision layout and names, stride
+                on the 3x3 conv; 25.56 M params, 4.09 G MACs at 224x224)
+resnext20, 164  CIFAR ResNeXt 32x1d of Hinge's reference: 1x1 stem, grouped
+                bottlenecks (expansion 2), projection shortcut + BN
+wrn16_10        Wide ResNet-16-10 of Hinge's reference: pre-activation
+                wide_basic blocks, biased convs (17.18 M params at 100 classes)
 ==============  ==========================================================
 """
 
@@ -210,9 +216,168 @@ def densenet40(num_classes: int = 10, input_shape=(3, 32, 32),
     return b.graph("densenet40", input_shape, out, num_classes=num_classes)
 
 
+RESNET50_BLOCKS = (3, 4, 6, 3)
+
+
+def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
+             widths: Mapping[str, int] | None = None) -> Graph:
+    """ImageNet ResNet-50 v1.5, torchvision's layout, so its checkpoints map by name.
+
+    Stem: conv1 7x7/2 (pad 3) - bn1 - relu - maxpool 3x3/2 (pad 1, -inf). Stage
+    ``s`` has ``(3, 4, 6, 3)[s-1]`` bottlenecks conv1 1x1 - conv2 3x3 (stride 2 in
+    the first block of stages 2-4) - conv3 1x1 with 4x expansion, post-activation:
+    ``relu(bn3(conv3(...)) + shortcut)``. The first block of every stage has a
+    projection shortcut ``downsample.0`` (1x1 conv, same stride) + ``downsample.1``
+    (BN). The residual stream of stage ``s`` takes its width from
+    ``layer{s}.0.conv3``; every other ``conv3`` and the ``downsample.0`` of the
+    stage must match it. Then global average pooling and ``fc``.
+    """
+    b = _Builder(widths)
+    x = b.conv("conv1", "input", 64, k=7, stride=2, pad=3)
+    x = b.bn_relu("bn1", "relu", x)
+    x = b.add(Node("maxpool", "maxpool", (x,), {"k": 3, "stride": 2, "pad": 1}))
+    for s, (planes, blocks) in enumerate(zip((64, 128, 256, 512), RESNET50_BLOCKS), start=1):
+        stream = b.width(f"layer{s}.0.conv3", planes * 4)
+        for i in range(blocks):
+            p = f"layer{s}.{i}"
+            stride = 2 if (s > 1 and i == 0) else 1
+            h = b.conv(f"{p}.conv1", x, planes, k=1, pad=0)
+            h = b.bn_relu(f"{p}.bn1", f"{p}.relu1", h)
+            h = b.conv(f"{p}.conv2", h, planes, stride=stride)
+            h = b.bn_relu(f"{p}.bn2", f"{p}.relu2", h)
+            h = b.conv(f"{p}.conv3", h, stream, k=1, pad=0)
+            h = b.add(bn_node(f"{p}.bn3", h))
+            sc = x
+            if i == 0:
+                sc = b.conv(f"{p}.downsample.0", x, stream, k=1, stride=stride, pad=0)
+                sc = b.add(bn_node(f"{p}.downsample.1", sc))
+            for name in (f"{p}.conv3", f"{p}.downsample.0"):
+                if name in b.used and b.width(name, stream) != stream:
+                    raise UserError(f"width plan: '{name}' is {b.width(name, stream)} but the residual "
+                                    f"stream of layer{s} is {stream} (set by 'layer{s}.0.conv3')")
+            x = b.add(Node(f"{p}.relu3", "relu", (b.add(Node(f"{p}.add", "add", (h, sc))),)))
+    x = b.add(Node("avgpool", "gap", (x,)))
+    out = b.dense("fc", x, num_classes)
+    return b.graph("resnet50", input_shape, out, num_classes=num_classes)
+
+
+def resnext(depth: int = 20, cardinality: int = 32, bottleneck_width: int = 1, num_classes: int = 10,
+            input_shape=(3, 32, 32), widths: Mapping[str, int] | None = None) -> Graph:
+    """CIFAR ResNeXt-(9n+2), ``cardinality`` x ``bottleneck_width``d, as Hinge's ``model/resnext.py``.
+
+    Stem: 1x1 conv 3 -> 64 (the reference's kernel size) - bn1 - relu. Three stages
+    of ``n = (depth - 2) / 9`` post-activation blocks; stage ``s`` has path width
+    ``w_s = bottleneck_width * 2**(s-1)`` and group width ``g_s = cardinality * w_s``:
+    ``conv1`` 1x1 -> g_s, ``conv2`` 3x3 grouped (``groups`` = paths, stride 2 in the
+    first block of stages 2 and 3), ``conv3`` 1x1 -> 2 g_s (expansion 2), and
+    ``relu(bn3(conv3) + shortcut)``. The shortcut is ``shortcut.0`` (1x1 conv, same
+    stride) + ``shortcut.1`` (BN) where the shape changes, else the identity. Global
+    average pooling (the reference's 8x8 average pool at 32x32) and ``linear``.
+    Names are the reference's, so its checkpoints map by name.
+
+    Width plan: ``layer{s}.{i}.conv1`` must be a multiple of ``w_s`` and sets the
+    number of paths (``conv2`` groups), so Hinge's pruning of whole paths is a plan;
+    ``conv2`` must equal ``conv1``; ``layer{s}.0.conv3`` sets the residual stream.
+    Parameters at 10 classes (hand counts in the tests): ResNeXt-20 (32x1d) 211,850
+    (35.52 M MACs at 32x32); ResNeXt-164 1,713,546.
+    """
+    if (depth - 2) % 9 or depth < 11:
+        raise UserError(f"ResNeXt depth must be 9n+2 (20, 29, 164), got {depth}")
+    for name, v in (("cardinality", cardinality), ("bottleneck_width", bottleneck_width)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"ResNeXt {name} must be a positive integer, got {v!r}")
+    n = (depth - 2) // 9
+    b = _Builder(widths)
+    x = b.conv("conv1", "input", 64, k=1, pad=0)
+    x = b.bn_relu("bn1", "relu", x)
+    cin = b.width("conv1", 64)
+    for s in range(1, 4):
+        path = bottleneck_width * 2 ** (s - 1)
+        stream = b.width(f"layer{s}.0.conv3", 2 * cardinality * path)
+        for i in range(n):
+            p = f"layer{s}.{i}"
+            stride = 2 if (s > 1 and i == 0) else 1
+            inner = b.width(f"{p}.conv1", cardinality * path)
+            if inner % path or b.width(f"{p}.conv2", inner) != inner:
+                raise UserError(f"width plan: '{p}.conv1' ({inner}) must be a multiple of the path width "
+                                f"{path} and '{p}.conv2' must equal it")
+            h = b.conv(f"{p}.conv1", x, inner, k=1, pad=0)
+            h = b.bn_relu(f"{p}.bn1", f"{p}.relu1", h)
+            h = b.conv(f"{p}.conv2", h, inner, stride=stride, groups=inner // path)
+            h = b.bn_relu(f"{p}.bn2", f"{p}.relu2", h)
+            h = b.add(bn_node(f"{p}.bn3", b.conv(f"{p}.conv3", h, stream, k=1, pad=0)))
+            sc = x
+            if stride != 1 or cin != stream:
+                sc = b.conv(f"{p}.shortcut.0", x, stream, k=1, stride=stride, pad=0)
+                sc = b.add(bn_node(f"{p}.shortcut.1", sc))
+            _check_stream(b, (f"{p}.conv3", f"{p}.shortcut.0"), stream, f"layer{s}.0.conv3")
+            x = b.add(Node(f"{p}.relu3", "relu", (b.add(Node(f"{p}.add", "add", (h, sc))),)))
+            cin = stream
+    x = b.add(Node("pool", "gap", (x,)))
+    out = b.dense("linear", x, num_classes)
+    return b.graph(f"resnext{depth}", input_shape, out, num_classes=num_classes,
+                   cardinality=cardinality, bottleneck_width=bottleneck_width)
+
+
+def wide_resnet(depth: int = 16, widen: int = 10, num_classes: int = 10, input_shape=(3, 32, 32),
+                widths: Mapping[str, int] | None = None, final_bn_momentum: float = 0.9) -> Graph:
+    """Wide ResNet-depth-widen (Zagoruyko & Komodakis 2016) as Hinge's ``model/wide_resnet.py``.
+
+    Stem: 3x3 conv 3 -> 16 with bias. Three stages of ``n = (depth - 4) / 6``
+    pre-activation ``wide_basic`` blocks of width ``16 k, 32 k, 64 k``:
+    ``conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x)``, both 3x3 convs with
+    bias, the stride (2 in the first block of stages 2 and 3) on ``conv2``, no
+    dropout, and ``shortcut.0`` a 1x1 conv with bias of the raw (not
+    pre-activated) input where the shape changes, else the identity. Then
+    ``bn1`` - relu - global average pooling - ``linear``. The final BN keeps the
+    reference's ``momentum=0.9`` (PyTorch convention: running stats follow the
+    last batches); ``final_bn_momentum`` overrides it. Names are the reference's.
+
+    WRN-16-10 at 100 classes: 17,179,940 parameters (hand count in the tests).
+    The residual stream of stage ``s`` takes its width from ``layer{s}.0.conv2``.
+    """
+    if (depth - 4) % 6 or depth < 10:
+        raise UserError(f"Wide ResNet depth must be 6n+4 (10, 16, 22, 28, 40), got {depth}")
+    if not isinstance(widen, int) or isinstance(widen, bool) or widen < 1:
+        raise UserError(f"Wide ResNet widen factor must be a positive integer, got {widen!r}")
+    n = (depth - 4) // 6
+    b = _Builder(widths)
+    x = b.conv("conv1", "input", 16, bias=True)
+    cin = b.width("conv1", 16)
+    for s, planes in enumerate((16 * widen, 32 * widen, 64 * widen), start=1):
+        stream = b.width(f"layer{s}.0.conv2", planes)
+        for i in range(n):
+            p = f"layer{s}.{i}"
+            stride = 2 if (s > 1 and i == 0) else 1
+            h = b.bn_relu(f"{p}.bn1", f"{p}.relu1", x)
+            h = b.conv(f"{p}.conv1", h, planes, bias=True)
+            h = b.bn_relu(f"{p}.bn2", f"{p}.relu2", h)
+            h = b.conv(f"{p}.conv2", h, stream, stride=stride, bias=True)
+            sc = x
+            if stride != 1 or cin != stream:
+                sc = b.conv(f"{p}.shortcut.0", x, stream, k=1, stride=stride, pad=0, bias=True)
+            _check_stream(b, (f"{p}.conv2", f"{p}.shortcut.0"), stream, f"layer{s}.0.conv2")
+            x = b.add(Node(f"{p}.add", "add", (h, sc)))
+            cin = stream
+    x = b.add(Node("relu", "relu", (b.add(bn_node("bn1", x, momentum=final_bn_momentum)),)))
+    x = b.add(Node("pool", "gap", (x,)))
+    out = b.dense("linear", x, num_classes)
+    return b.graph(f"wrn{depth}_{widen}", input_shape, out, num_classes=num_classes)
+
+
+def _check_stream(b: _Builder, names, stream: int, owner: str) -> None:
+    """Layers adding into one residual stream must all have its width."""
+    for name in names:
+        if name in b.used and b.width(name, stream) != stream:
+            raise UserError(f"width plan: '{name}' is {b.width(name, stream)} but the residual "
+                            f"stream is {stream} (set by '{owner}')")
+
+
 MODELS: dict[str, Callable[..., Graph]] = {
     **{f"resnet{d}": functools.partial(resnet_cifar, depth=d) for d in CIFAR_RESNET_DEPTHS},
-    "resnet164": resnet164, "vgg16": vgg16, "densenet40": densenet40}
+    "resnet164": resnet164, "vgg16": vgg16, "densenet40": densenet40, "resnet50": resnet50,
+    "resnext20": functools.partial(resnext, depth=20), "resnext164": functools.partial(resnext, depth=164),
+    "wrn16_10": functools.partial(wide_resnet, depth=16, widen=10)}
 
 
 def build(name: str, num_classes: int = 10, input_shape=(3, 32, 32),

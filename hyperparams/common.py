@@ -8,12 +8,14 @@ from ml_collections import ConfigDict
 
 
 def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
-         test_fraction: float = 0.15) -> ConfigDict:
+         test_fraction: float = 0.15, image_size: int = 224) -> ConfigDict:
     return ConfigDict({
-        "name": name,                    # digits (bundled), cifar10, cifar100, synthetic
-        "path": path,                    # CIFAR: folder or .tar.gz of the python-pickle archive
+        "name": name,                    # digits (bundled), cifar10, cifar100, synthetic, imagenet
+        "path": path,                    # CIFAR: folder or .tar.gz of the python-pickle archive;
+                                         # imagenet: folder holding train/<class>/*.JPEG and val/<class>/*.JPEG
         "val_fraction": val_fraction,    # share of the training data held out for model selection
         "test_fraction": test_fraction,  # digits only: share held out as test set (CIFAR has its own)
+        "image_size": image_size,        # imagenet: crop size S (eval resizes the short side to S/0.875 first)
     })
 
 
@@ -52,7 +54,9 @@ def validate_train(cfg) -> None:
     from compress_core.zoo import MODELS
 
     check_choice(cfg, "model.name", list(MODELS))
-    check_choice(cfg, "data.name", ["digits", "cifar10", "cifar100", "synthetic"])
+    check_choice(cfg, "data.name", ["digits", "cifar10", "cifar100", "synthetic", "imagenet"])
+    if "image_size" in cfg.data:
+        check_positive(cfg, "data.image_size")
     for f in ("train.epochs", "train.batch_size", "train.lr"):
         check_positive(cfg, f)
     check_range(cfg, "train.weight_decay", 0.0, None)
@@ -172,3 +176,90 @@ def validate_kse(cfg) -> None:
                             f"{c.k + 1} (exclude it with kse.layers)")
         if params is not None and not np.all(np.isfinite(params[f"{name}.weight"])):
             raise UserError(f"teacher {c.teacher}: '{name}.weight' has NaN or infinite values")
+
+
+def dcff(rates: str, schedule: str = "run", t_start: float = 1.0, t_end: float = 5.0,
+         k: float = 3.0) -> ConfigDict:
+    return ConfigDict({
+        "rates": rates,        # prune rates, e.g. "[0.0]+[0.35,0.4,0.1]*10+[0.3,0.3,0.1]*6" (formats: compress_core.dcff)
+        "schedule": schedule,  # run: t from t_start to t_end over the whole run, k per run;
+                               # paper: the released code's t_s=1, t_e=1e4, k=1 per epoch (fields below ignored)
+        "t_start": t_start,    # temperature at the first epoch (> 0; multiplies the negative filter distance)
+        "t_end": t_end,        # temperature after the last epoch (>= t_start)
+        "k": k,                # steepness: t = t_s + (t_e - t_s) tanh(k x / 2) / tanh(k / 2), x = epoch / epochs
+        "init": "",            # trained unpruned checkpoint of model.name to start from; empty: from scratch
+    })
+
+
+def validate_dcff(cfg) -> None:
+    """Checks of a DCFF file before anything runs: schedule, temperatures, rates against the model."""
+    from compress_core import dcff as dcff_core
+    from compress_core import zoo
+    from compress_core.config import check_choice, check_positive, check_range
+
+    validate_train(cfg)
+    check_choice(cfg, "dcff.schedule", ["run", "paper"])
+    check_positive(cfg, "dcff.t_start")
+    check_range(cfg, "dcff.t_end", cfg.dcff.t_start, None)
+    check_positive(cfg, "dcff.k")
+    dcff_core.conv_rates(zoo.build(cfg.model.name), dcff_core.parse_rates(cfg.dcff.rates))
+    if cfg.dcff.init:
+        from compress_core import checkpoint
+        from compress_core.errors import UserError
+
+        graph = checkpoint.load_checkpoint(cfg.dcff.init)[0]
+        full = zoo.build(cfg.model.name, graph.num_classes, graph.input_shape)
+        if graph.arch != full.arch or graph.param_shapes() != full.param_shapes():
+            raise UserError(f"dcff.init {cfg.dcff.init} holds a '{graph.arch}' with other layer shapes than "
+                            f"an unpruned '{cfg.model.name}'")
+
+
+def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l1", anneal: float = 2.0, anneal_t1: float = 10.0,
+          anneal_t2: float = 5.0, threshold: float = 5e-3, stop_limit: float = 0.1, init: str = "auto",
+          layer_balancing: bool = True, same_ratio: bool = True, lr_ratio: float = 0.01, distill: bool = True,
+          teacher: str = "") -> ConfigDict:
+    return ConfigDict({
+        "teacher": teacher,          # trained checkpoint to compress; empty: train one with the `train` section
+        "ratio": ratio,              # target: compressed MACs / MACs of the network before Hinge, in (0, 1]
+        "penalty": penalty,          # l1 (group l2,1 soft-thresholding, the paper) or l1d2 (group l1/2)
+        "reg": reg,                  # lambda: the prox threshold of matrix l is lr * lambda_eff * w_l
+        "anneal": anneal,            # f: lambda_eff = lambda, lambda/f, lambda/f^2 as the family-1 regulariser
+        "anneal_t1": anneal_t1,      #   falls below t1, then t2 (0: no annealing)
+        "anneal_t2": anneal_t2,
+        "threshold": threshold,      # tau0: groups with norm < tau0 count as zero while searching
+        "stop_limit": stop_limit,    # stop searching when MAC ratio at tau0 - ratio <= stop_limit
+        "tolerance": 0.01,           # the threshold search ends within this of the target ratio
+        "remain": 0.2,               # share of the groups of every matrix that always survives
+        "init": init,                # auto (the reference's per architecture), svd2 or identity
+        "layer_balancing": layer_balancing,  # w_l = mean group norm of matrix l at init (else 1)
+        "same_ratio": same_ratio,    # a block's 2nd matrix keeps as many groups as its 1st
+        "lr_ratio": lr_ratio,        # searching: matrices at lr, the rest of the network at lr * lr_ratio
+        "distill": distill,          # fine-tune with 0.6 CE + 0.4 T^2 KL(teacher || student) at T = 4
+        "kd_weight": 0.4,
+        "ce_weight": 0.6,
+        "kd_temperature": 4.0,
+    })
+
+
+def validate_hinge(cfg) -> None:
+    """Checks of a Hinge file before anything runs: target, penalty, init, the model's mapping."""
+    from compress_core import checkpoint, hinge
+    from compress_core.config import check_choice, check_positive, check_range
+
+    validate_train(cfg)
+    for section in ("search", "finetune"):
+        for f in ("epochs", "batch_size", "lr"):
+            check_positive(cfg, f"{section}.{f}")
+        check_choice(cfg, f"{section}.schedule", ["step", "cosine", "constant"])
+    check_range(cfg, "hinge.ratio", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
+    check_choice(cfg, "hinge.penalty", list(hinge.PENALTIES))
+    check_choice(cfg, "hinge.init", list(hinge.INITS[:3]))
+    check_range(cfg, "hinge.reg", 0.0, None)
+    check_range(cfg, "hinge.threshold", 0.0, None)
+    check_range(cfg, "hinge.anneal", 0.0, None)
+    check_range(cfg, "hinge.stop_limit", 0.0, None)
+    check_range(cfg, "hinge.remain", 0.0, 1.0, hi_inclusive=True)
+    check_positive(cfg, "hinge.tolerance")
+    check_range(cfg, "hinge.lr_ratio", 0.0, None)
+    hinge.check_mapping(checkpoint.load_checkpoint(cfg.hinge.teacher)[0].arch if cfg.hinge.teacher
+                        else cfg.model.name)

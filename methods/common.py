@@ -138,7 +138,7 @@ def _setup_logging(path: str) -> None:
 def load_data(cfg) -> data.DataSplits:
     d = cfg.data
     return data.get_dataset(d.name, d.path or None, val_fraction=d.val_fraction,
-                            test_fraction=d.test_fraction, seed=cfg.seed)
+                            test_fraction=d.test_fraction, seed=cfg.seed, image_size=d.get("image_size", 224))
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def summary_row(ctx: Context, name: str, model) -> dict:
 
 # -- training -----------------------------------------------------------------------------------
 def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_epoch=None,
-        on_step=None) -> dict:
+        on_step=None, optim=None) -> dict:
     """Train ``model`` with SGD as ``tcfg`` says; resumable from ``<workdir>/<stage>/``.
 
     After every epoch the model (``last.safetensors``), the best model on the
@@ -207,8 +207,10 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     same batches as an uninterrupted one. ``loss`` is a ``LossSpec`` (default:
     cross-entropy + the config's weight decay); ``batch_extras(x)`` returns the
     extra inputs of a step (teacher logits, feature targets); ``on_epoch(epoch,
-    trainer)`` runs before each epoch (e.g. refitting a projection), ``on_step(lr,
-    trainer)`` after each step (e.g. a proximal step). Returns the
+    trainer)`` runs before each epoch (e.g. refitting a projection) and ends the
+    training there when it returns True (a stopping rule); ``on_step(lr, trainer)``
+    runs after each step (e.g. a proximal step); ``optim`` overrides the
+    :class:`OptimSpec` built from ``tcfg`` (e.g. per-parameter learning rates). Returns the
     history and best epoch; on return ``model`` holds the best-validation weights.
     """
     from tqdm import tqdm
@@ -219,7 +221,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     d = os.path.join(ctx.workdir, stage)
     last, best, state_path = (os.path.join(d, f) for f in ("last.safetensors", "best.safetensors", "state.json"))
     loss = loss or LossSpec(weight_decay=tcfg.weight_decay)
-    trainer = backend.trainer(model, loss, OptimSpec(tcfg.momentum, tcfg.nesterov))
+    trainer = backend.trainer(model, loss, optim or OptimSpec(tcfg.momentum, tcfg.nesterov))
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
     if os.path.exists(state_path):
         with open(state_path) as f:
@@ -230,8 +232,10 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         log.info("[%s] resuming after epoch %d", stage, state["epoch"])
     augment = data.flip_and_crop if tcfg.augment else None
     for epoch in range(state["epoch"], tcfg.epochs):
-        if on_epoch:
-            on_epoch(epoch, trainer)
+        if on_epoch and on_epoch(epoch, trainer):
+            log.info("[%s] stopping rule met before epoch %d", stage, epoch + 1)
+            state["stopped"] = epoch
+            break
         lr = learning_rate(epoch, tcfg.lr, tcfg.schedule, tcfg.epochs, tcfg.milestones, tcfg.gamma)
         rng = np.random.default_rng([ctx.cfg.seed, epoch])
         batches = data.iterate_batches(splits.train, tcfg.batch_size, True, rng, augment)

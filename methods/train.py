@@ -7,6 +7,8 @@ and ``train/best.safetensors`` (best on the validation split), ``metrics.json`` 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from methods import common
@@ -28,6 +30,14 @@ def run(ctx: common.Context) -> dict:
                     test["accuracy"])
     common.write_metrics(ctx, metrics)
     return metrics
+
+
+def baseline(backend: str, workdir: str, epochs: int) -> dict:
+    """Train (or resume) the default digits baseline in ``workdir``; its ``metrics.json`` (benchmarks' shared first step)."""
+    if cli(["--backend", backend, "--workdir", workdir, f"--config.train.epochs={epochs}"]) != 0:
+        raise SystemExit(f"training the baseline in {workdir} failed")
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
 
 
 def cli(argv=None) -> int:

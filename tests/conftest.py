@@ -39,6 +39,16 @@ def trained_like(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
+def digits_teacher(directory, seed: int) -> str:
+    """A digits ResNet-20 checkpoint in ``directory`` (seeded weights stand in for a trained network)."""
+    from compress_core import checkpoint, zoo
+
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    path = str(directory / "teacher.safetensors")
+    checkpoint.save_checkpoint(path, g, trained_like(g, seed=seed))
+    return path
+
+
 def tiny_graph() -> Graph:
     """Every operator once, with the awkward cases: stride 2 with asymmetric padding,
     dilation, groups, a permuting/zero-filling select, concat, both pools, flatten

@@ -46,6 +46,10 @@ def forward(graph: Graph, params: dict, x: np.ndarray, bn_batch_stats: bool = Fa
                       a["dilation"], a["groups"])
         elif n.op == "dense":
             y = ins[0] @ p[f"{n.name}.weight"].T + p.get(f"{n.name}.bias", 0.0)
+        elif n.op == "diagonal":
+            d = p[f"{n.name}.weight"]
+            y = np.zeros((len(ins[0]), a["out"])) + p.get(f"{n.name}.bias", 0.0)
+            y[:, :len(d)] += d * ins[0][:, :len(d)]
         elif n.op == "bn":
             z = ins[0]
             axes = (0, 2, 3) if z.ndim == 4 else (0,)

@@ -185,6 +185,9 @@ def _bn(x, node, V, mode: str, updates: list):
 def _conv(x, node, V, cin: int):
     a = node.attrs
     w = V[f"{node.name}.weight"]  # HWIO
+    fusion = V.get(f"{node.name}.fusion")  # DCFF: [n, out] in TF layout (the dense transpose)
+    if fusion is not None:
+        w = tf.tensordot(w, fusion, axes=[[3], [0]])
     (ph, pw), (sh, sw), (dh, dw) = a["pad"], a["stride"], a["dilation"]
     g, out = int(a["groups"]), int(a["out"])
     strides, dil = [1, sh, sw, 1], [1, dh, dw, 1]
@@ -204,7 +207,8 @@ def _conv(x, node, V, cin: int):
         y = tf.concat([tf.nn.conv2d(xi, wi, strides=strides, padding=pad, dilations=dil)
                        for xi, wi in zip(tf.split(x, g, axis=3), tf.split(w, g, axis=3))], axis=3)
     if a["bias"]:
-        y = tf.nn.bias_add(y, V[f"{node.name}.bias"])
+        b = V[f"{node.name}.bias"]
+        y = tf.nn.bias_add(y, b if fusion is None else tf.linalg.matvec(fusion, b, transpose_a=True))
     return y
 
 
@@ -218,6 +222,18 @@ def _select(x, node, cin: int):
         x = tf.concat([x, tf.zeros_like(x[..., :1])], axis=3)
         src = [cin if j < 0 else j for j in src]
     return tf.gather(x, src, axis=3)
+
+
+def _diagonal(x, node, V):
+    """``y_j = w_j x_j (+ b_j)`` for ``j < n = len(w)``, zeros (+ ``b_j``) up to ``out`` (graph op ``diagonal``)."""
+    w, out = V[f"{node.name}.weight"], int(node.attrs["out"])
+    n = int(w.shape[0])
+    y = x[:, :n] * w
+    if out > n:
+        y = tf.pad(y, [[0, 0], [0, out - n]])
+    if node.attrs["bias"]:
+        y = tf.nn.bias_add(y, V[f"{node.name}.bias"])
+    return y
 
 
 def _flatten_nchw(x, dim: int):
@@ -243,6 +259,8 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list) -> dict:
                 y = tf.matmul(ins[0], V[f"{node.name}.weight"])
                 if a["bias"]:
                     y = tf.nn.bias_add(y, V[f"{node.name}.bias"])
+            elif op == "diagonal":
+                y = _diagonal(ins[0], node, V)
             elif op == "bn":
                 y = _bn(ins[0], node, V, bn_mode, updates)
             elif op == "relu":
@@ -260,7 +278,15 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list) -> dict:
                 k = [int(k), int(k)] if isinstance(k, int) else [int(v) for v in k]
                 s = [int(s), int(s)] if isinstance(s, int) else [int(v) for v in s]
                 pool = tf.nn.max_pool2d if op == "maxpool" else tf.nn.avg_pool2d
-                y = pool(ins[0], ksize=k, strides=s, padding="VALID")
+                p = a.get("pad", 0)
+                p = [int(p), int(p)] if isinstance(p, int) else [int(v) for v in p]
+                x = ins[0]
+                if p[0] or p[1]:
+                    # explicit pad + VALID (never 'SAME'): -inf never wins a max, as in PyTorch;
+                    # zeros count in an average, PyTorch's count_include_pad=True
+                    x = tf.pad(x, [[0, 0], p[:1] * 2, p[1:] * 2, [0, 0]],
+                               constant_values=-np.inf if op == "maxpool" else 0.0)
+                y = pool(x, ksize=k, strides=s, padding="VALID")
             elif op == "select":
                 y = _select(ins[0], node, shapes[node.inputs[0]][0])
             else:  # pragma: no cover - Graph validates ops
@@ -294,7 +320,7 @@ class TFTrainer(Trainer):
                 terms["ce"] = ce if loss.ce_weight == 1.0 else loss.ce_weight * ce
             if loss.weight_decay > 0:
                 decayed = [model.variables[k] for k in model.trainable
-                           if g[k.rsplit(".", 1)[0]].op in ("conv", "dense")]
+                           if g[k.rsplit(".", 1)[0]].op in ("conv", "dense", "diagonal")]
                 terms["wd"] = 0.5 * loss.weight_decay * tf.add_n(
                     [tf.reduce_sum(tf.square(v)) for v in decayed])
             if self._kd:
@@ -315,23 +341,28 @@ class TFTrainer(Trainer):
                                 "feature_weight are all 0)")
             total = tf.add_n(list(terms.values())) if len(terms) > 1 else tf.identity(terms[next(iter(terms))])
             self._fetch = dict(terms, loss=total)
-            opt = _V1.train.MomentumOptimizer(self._lr, float(optim.momentum),
-                                              use_nesterov=bool(optim.nesterov))
+            # one optimiser per learning-rate multiplier (OptimSpec.lr_scale), one gradient pass
+            scales = optim.scales(model.trainable)
+            opts = {s: _V1.train.MomentumOptimizer(self._lr if s == 1.0 else self._lr * s, float(optim.momentum),
+                                                   use_nesterov=bool(optim.nesterov))
+                    for s in dict.fromkeys(scales.values())}
+            owner = {k: opts[s] for k, s in scales.items()}
             var_list = [model.variables[k] for k in model.trainable]
-            grads = opt.compute_gradients(total, var_list)
+            grads = next(iter(opts.values())).compute_gradients(total, var_list)
             # the fetched terms come from pre-update values
             with tf.control_dependencies(list(self._fetch.values())):
-                apply = opt.apply_gradients(grads)
+                apply = tf.group(*[o.apply_gradients([gv for gv, k in zip(grads, model.trainable) if owner[k] is o])
+                                   for o in opts.values()])
             # BN running statistics update in the same session.run (they read only batch moments
             # and running statistics; no ordering with the weight update is needed)
             self._train_op = [apply] + model.bn_updates
             self._slots = {}
             for k in model.trainable:
-                slot = opt.get_slot(model.variables[k], "momentum")
+                slot = owner[k].get_slot(model.variables[k], "momentum")
                 if slot is not None:
                     self._slots[k] = slot
             self._assigner = _Assigner(self._slots)
-            model.session.run(_V1.variables_initializer(opt.variables()))
+            model.session.run(_V1.variables_initializer([v for o in opts.values() for v in o.variables()]))
 
     def set_projection(self, projection: np.ndarray) -> None:
         """The ``[D, k]`` matrix of the feature term, fed with every step."""
@@ -414,8 +445,15 @@ class TFBackend(Backend):
         model.fused_bn = self.fused_bn
         return model
 
-    def get_weights(self, model: TFModel) -> dict[str, np.ndarray]:
-        values = model.session.run(model.variables)
+    def get_weights(self, model: TFModel, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """All parameters and buffers, or only those in ``names`` (a proximal step reads a few per step)."""
+        fetch = model.variables
+        if names is not None:
+            missing = [k for k in names if k not in fetch]
+            if missing:
+                raise UserError(f"model '{model.graph.arch}' has no parameter '{missing[0]}'")
+            fetch = {k: fetch[k] for k in names}
+        values = model.session.run(fetch)
         return {k: layout.from_tf(k, v).astype(np.float32, copy=False) for k, v in values.items()}
 
     def set_weights(self, model: TFModel, params: Mapping[str, np.ndarray], strict: bool = True) -> None:

@@ -25,6 +25,35 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+class FusedConv2d(nn.Conv2d):
+    """A DCFF fused conv: ``n`` raw filters, a ``fusion [out, n]`` buffer, a conv with ``fusion @ weight``."""
+
+    def __init__(self, cin: int, a):
+        super().__init__(cin, a["fused_from"], a["k"], a["stride"], a["pad"], a["dilation"], 1, a["bias"])
+        self.register_buffer("fusion", torch.zeros(a["out"], a["fused_from"]))
+
+    def forward(self, x):
+        w = (self.fusion @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])
+        b = self.fusion @ self.bias if self.bias is not None else None
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
+
+
+class Diagonal(nn.Module):
+    """Graph op ``diagonal``: ``y_j = weight_j x_j (+ bias_j)`` for ``j < min(in, out)``, ``0 (+ bias_j)`` beyond."""
+
+    def __init__(self, cin: int, out: int, bias: bool):
+        super().__init__()
+        self.out = out
+        self.weight = nn.Parameter(torch.ones(min(cin, out)))
+        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
+
+    def forward(self, x):
+        y = x[:, :self.weight.shape[0]] * self.weight
+        if self.out > y.shape[1]:
+            y = F.pad(y, (0, self.out - y.shape[1]))
+        return y if self.bias is None else y + self.bias
+
+
 class GraphModule(nn.Module):
     """An ``nn.Module`` that runs the nodes of a graph in order."""
 
@@ -39,8 +68,12 @@ class GraphModule(nn.Module):
             if n.op == "conv":
                 layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"],
                                                  a["dilation"], a["groups"], a["bias"])
+                if "fused_from" in a:
+                    layers[_key(n.name)] = FusedConv2d(cin, a)
             elif n.op == "dense":
                 layers[_key(n.name)] = nn.Linear(cin, a["out"], a["bias"])
+            elif n.op == "diagonal":
+                layers[_key(n.name)] = Diagonal(cin, a["out"], a["bias"])
             elif n.op == "bn":
                 cls = nn.BatchNorm2d if len(shapes[n.inputs[0]]) == 3 else nn.BatchNorm1d
                 layers[_key(n.name)] = cls(cin, eps=a["eps"], momentum=a["momentum"])
@@ -54,7 +87,7 @@ class GraphModule(nn.Module):
         for n in self.graph.nodes[1:]:
             ins = [values[i] for i in n.inputs]
             a = n.attrs
-            if n.op in ("conv", "dense"):
+            if n.op in ("conv", "dense", "diagonal"):
                 y = self.layers[_key(n.name)](ins[0])
             elif n.op == "bn":
                 m = self.layers[_key(n.name)]
@@ -75,9 +108,9 @@ class GraphModule(nn.Module):
             elif n.op == "flatten":
                 y = torch.flatten(ins[0], 1)
             elif n.op == "maxpool":
-                y = F.max_pool2d(ins[0], a["k"], a["stride"])
+                y = F.max_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
             elif n.op == "avgpool":
-                y = F.avg_pool2d(ins[0], a["k"], a["stride"])
+                y = F.avg_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
             elif n.op == "select":
                 s = int(a["stride"])
                 z = ins[0][:, :, ::s, ::s]
@@ -99,7 +132,7 @@ def _tensors(module: GraphModule) -> dict[str, torch.Tensor]:
         if _key(n.name) not in module.layers:
             continue
         layer = module.layers[_key(n.name)]
-        for attr in ("weight", "bias", "running_mean", "running_var"):
+        for attr in ("weight", "bias", "running_mean", "running_var", "fusion"):
             t = getattr(layer, attr, None)
             if isinstance(t, torch.Tensor):
                 out[f"{n.name}.{attr}"] = t
@@ -112,8 +145,11 @@ class TorchTrainer(Trainer):
         self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
         self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
         # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
-        self.opt = torch.optim.SGD(list(self.named.values()), lr=0.0, momentum=optim.momentum,
-                                   nesterov=optim.nesterov)
+        by_scale: dict[float, list] = {}  # one param group per learning-rate multiplier
+        for k, s in optim.scales(list(self.named)).items():
+            by_scale.setdefault(s, []).append(self.named[k])
+        self.opt = torch.optim.SGD([{"params": ts, "lr_scale": s} for s, ts in by_scale.items()], lr=0.0,
+                                   momentum=optim.momentum, nesterov=optim.nesterov)
         self.projection = None
         if loss.feature_weight:
             model.graph[loss.feature_tap]  # a clear error for an unknown tap
@@ -148,7 +184,7 @@ class TorchTrainer(Trainer):
             terms["feature"] = spec.feature_weight * ((z - t) ** 2).mean()
         total = sum(terms.values())
         for group in self.opt.param_groups:
-            group["lr"] = float(lr)
+            group["lr"] = float(lr) * group["lr_scale"]
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -187,9 +223,15 @@ class TorchBackend(Backend):
         self.set_weights(model, init_params(graph) if params is None else params)
         return model
 
-    def get_weights(self, model):
-        return {k: t.detach().cpu().numpy().astype(np.float32, copy=True)
-                for k, t in _tensors(model.module).items()}
+    def get_weights(self, model, names=None):
+        """All parameters and buffers, or only those in ``names`` (a proximal step reads a few per step)."""
+        live = _tensors(model.module)
+        if names is not None:
+            missing = [k for k in names if k not in live]
+            if missing:
+                raise UserError(f"model '{model.graph.arch}' has no parameter '{missing[0]}'")
+            live = {k: live[k] for k in names}
+        return {k: t.detach().cpu().numpy().astype(np.float32, copy=True) for k, t in live.items()}
 
     def set_weights(self, model, params: Mapping[str, np.ndarray], strict=True):
         live = _tensors(model.module)
@@ -220,9 +262,9 @@ class TorchBackend(Backend):
                     out[t] = (a.double().cpu().numpy(), np.zeros(tuple(a.shape)), 1)
                     continue
                 flat = a.flatten(2)
-                mean = flat.mean(2, keepdim=True)
-                out[t] = (mean[:, :, 0].double().cpu().numpy(),
-                          ((flat - mean) ** 2).sum(2).double().cpu().numpy(), flat.shape[2])
+                # one fused pass over the map instead of mean, subtract, square and sum
+                var, mean = torch.var_mean(flat, 2, correction=0)
+                out[t] = (mean.double().cpu().numpy(), (var * flat.shape[2]).double().cpu().numpy(), flat.shape[2])
         return out
 
     def trainer(self, model, loss, optim=None):
