@@ -13,10 +13,9 @@ number of them into a graph. Sequences, with no non-linearity in between:
   ``(s_h, 1)``, padding ``(p_h, 0)``, dilation ``(d_h, 1)``) -> depthwise ``1 x kw``
   (stride ``(1, s_w)``, padding ``(0, p_w)``, dilation ``(1, d_w)``) -> ``1x1 (R -> out)`` with the bias;
 * ``svd`` for a dense layer: ``dense (in -> r)`` -> ``dense (r -> out)`` with the bias;
-* ``diagonal`` for a dense layer reading a global average pool: the diagonal
-  ``W[j, k] = 0 for j != k`` (``min(out, in)`` weights) as a per-channel 1x1 conv
-  before the pool (``gap`` commutes with it), after a channel ``select`` when
-  ``out != in`` (missing inputs read zeros).
+* ``diagonal`` for any dense layer: the diagonal ``W[j, k] = 0 for j != k``
+  (``min(out, in)`` weights) as a ``diagonal`` node, ``y_j = W[j, j] x_j (+ b_j)``
+  for ``j < min(out, in)`` and ``0 (+ b_j)`` beyond.
 
 A layer that cannot or should not be replaced raises :class:`Skip` with the reason.
 """
@@ -44,7 +43,6 @@ class Replacement:
     source: str                # the node the new sequence reads
     nodes: tuple[Node, ...]    # new nodes, in order
     params: dict               # canonical parameters of the new nodes
-    drop: tuple[str, ...] = ()  # nodes between source and layer that the sequence replaces too
     info: dict = field(default_factory=dict)
 
 
@@ -77,14 +75,15 @@ def tucker2_ranks_of(graph: Graph, params, layer: str, weakening: float = 0.0) -
 
 
 def tucker2_conv(graph: Graph, params, layer: str, ranks: Sequence[int] | None = None,
-                 weakening: float = 0.0) -> Replacement:
-    """Tucker-2 sequence of conv ``layer`` (ranks per group; ``None``: :func:`tucker2_ranks_of`)."""
+                 weakening: float = 0.0, n_iter_max: int = 100) -> Replacement:
+    """Tucker-2 sequence of conv ``layer`` (ranks per group; ``None``: :func:`tucker2_ranks_of`;
+    ``n_iter_max``: HOOI sweeps of :func:`compress_core.lowrank.tucker2`)."""
     node = _layer(graph, layer, "conv")
     a, g = node.attrs, node.attrs["groups"]
     ranks = tuple(ranks) if ranks is not None else tucker2_ranks_of(graph, params, layer, weakening)
     if min(ranks) == 0:
         raise Skip(f"VBMF rank {ranks} has a zero: nothing above the noise level")
-    parts = [lowrank.tucker2(w, ranks) for w in _groups(graph, params, node)]
+    parts = [lowrank.tucker2(w, ranks, n_iter_max=n_iter_max) for w in _groups(graph, params, node)]
     r_out, r_in = ranks
     x = node.inputs[0]
     reduce_, core = f"{layer}.reduce", f"{layer}.core"
@@ -166,30 +165,17 @@ def shrink_off_diagonal(weight: np.ndarray, step: float) -> np.ndarray:
 
 
 def diagonal_dense(graph: Graph, params, layer: str) -> Replacement:
-    """The diagonal of dense ``layer`` (which must read a ``gap``) as a per-channel conv before the pool."""
+    """The diagonal of dense ``layer`` as a ``diagonal`` node of ``n = min(out, in)`` weights:
+    ``y_j = W[j, j] x_j (+ b_j)`` for ``j < n``, ``y_j = 0 (+ b_j)`` beyond; the off-diagonal
+    weights are dropped (``error`` is their share ``||W (.) (1 - D)|| / ||W||``)."""
     node = _layer(graph, layer, "dense")
-    pool = graph[node.inputs[0]]
-    if pool.op != "gap":
-        raise Skip(f"diagonal FC needs a dense layer reading a global average pool, '{layer}' reads "
-                   f"a {pool.op} (the graph has no per-channel operator on vectors)")
     w = np.asarray(params[f"{layer}.weight"], np.float64)
-    out, inp = w.shape
-    x, nodes = pool.inputs[0], []
-    if out != inp:
-        nodes.append(Node(f"{layer}.diag_select", "select", (x,),
-                          {"stride": 1, "src": tuple(j if j < inp else -1 for j in range(out))}))
-        x = nodes[-1].name
-    nodes.append(conv_node(f"{layer}.diag", x, out, k=1, pad=0, groups=out, bias=node.attrs["bias"]))
-    nodes.append(Node(layer, "gap", (nodes[-1].name,)))
-    d = np.zeros(out)
-    n = min(out, inp)
-    d[:n] = w[np.arange(n), np.arange(n)]
-    p = {f"{layer}.diag.weight": d[:, None, None, None]}
-    p.update({f"{layer}.diag.bias": v for v in _bias(params, layer).values()})
+    n = min(w.shape)
+    nodes = (Node(layer, "diagonal", node.inputs, dict(node.attrs)),)
+    p = {f"{layer}.weight": np.diagonal(w).copy(), **_bias(params, layer)}
     off = np.where(diagonal_mask(w.shape), 0.0, w)
     err = float(np.linalg.norm(off) / max(np.linalg.norm(w), 1e-300))
-    return Replacement(layer, "diagonal", pool.inputs[0], tuple(nodes), _f32(p), drop=(pool.name,),
-                       info={"params": int(n), "error": err})
+    return Replacement(layer, "diagonal", node.inputs[0], nodes, _f32(p), info={"params": int(n), "error": err})
 
 
 def _f32(p: dict) -> dict:
@@ -205,8 +191,8 @@ def _rel_error(originals: Iterable[np.ndarray], approximations: Iterable[np.ndar
     return float(np.sqrt(num / max(den, 1e-300)))
 
 
-def _rewire(node: Node, old: str, new: str, name: str | None = None) -> Node:
-    return Node(name or node.name, node.op, tuple(new if i == old else i for i in node.inputs), node.attrs)
+def _rewire(node: Node, old: str, new: str) -> Node:
+    return Node(node.name, node.op, tuple(new if i == old else i for i in node.inputs), node.attrs)
 
 
 def apply(graph: Graph, params: Mapping[str, np.ndarray],
@@ -218,9 +204,6 @@ def apply(graph: Graph, params: Mapping[str, np.ndarray],
         for k in (f"{rep.layer}.weight", f"{rep.layer}.bias"):
             p.pop(k, None)
         nodes[i:i + 1] = list(rep.nodes)
-        for name in rep.drop:
-            if not any(name in n.inputs for n in nodes):
-                nodes = [n for n in nodes if n.name != name]
         p.update(rep.params)
     new = graph.replace(nodes)
     new.shapes()
@@ -234,9 +217,8 @@ def probe_graphs(graph: Graph, rep: Replacement) -> tuple[Graph, Graph]:
     and after; the latency guard times them in a backend.
     """
     shape = graph.shapes()[rep.source]
-    before = [n for n in graph.nodes if n.name in rep.drop or n.name == rep.layer]
     make = [Node("input", "input")]
-    return (Graph("probe", shape, make + [_rewire(n, rep.source, "input") for n in before], rep.layer),
+    return (Graph("probe", shape, make + [_rewire(graph[rep.layer], rep.source, "input")], rep.layer),
             Graph("probe", shape, make + [_rewire(n, rep.source, "input") for n in rep.nodes], rep.layer))
 
 

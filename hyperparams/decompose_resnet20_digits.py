@@ -28,8 +28,9 @@ def section(method: str = "tucker2", fc: str = "svd", layers: tuple = (), skip: 
         "weakening": weakening,      # rank + ceil(weakening * (dim - rank)): 0 = VBMF rank, 1 = full rank
         "cp_rule": cp_rule,          # CP rank when not overridden: vbmf (max Tucker-2 VBMF rank) or seed (max dim // 3)
         "cp_iters": 200,             # ALS iterations of CP
+        "tucker_iters": 10,          # HOOI sweeps after the SVD start (seed: tensorly's 100, minutes per 512-ch conv)
         "fc": fc,                    # dense layers: none, svd (VBMF rank) or diagonal (regularised, then compact)
-        "diag_step": 0.5,            # diagonal: proximal step eta*lam per fine-tuning epoch (off-diagonal / (1+step))
+        "diag_lambda": 200.0,        # diagonal: weight lam of (lam/2)||off-diagonal||^2; after each step / (1 + lr lam)
         "latency_guard": latency_guard,  # keep a factorisation only where it runs faster on this machine
         "latency_batch": 32,         # images per timed forward pass of the guard
         "latency_repeats": 10,       # timed passes per candidate (median)
@@ -59,10 +60,10 @@ def validate(cfg) -> None:
     check_choice(cfg, "decompose.method", METHODS)
     check_choice(cfg, "decompose.fc", FC_MODES)
     check_choice(cfg, "decompose.cp_rule", ["vbmf", "seed"])
-    check_range(cfg, "decompose.diag_step", 0.0, None)
+    check_range(cfg, "decompose.diag_lambda", 0.0, None)
     check_range(cfg, "decompose.weakening", 0.0, 1.0)
     check_range(cfg, "decompose.latency_margin", 0.0, 1.0, hi_inclusive=False)
-    for f in ("decompose.cp_iters", "decompose.latency_batch", "decompose.latency_repeats",
+    for f in ("decompose.cp_iters", "decompose.tucker_iters", "decompose.latency_batch", "decompose.latency_repeats",
               "decompose.report_repeats", "finetune.epochs"):
         check_positive(cfg, f)
     channels, classes = DATA_SHAPES[cfg.data.name]

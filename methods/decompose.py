@@ -52,7 +52,7 @@ def replacement(graph, params, name: str, d, fc_kind: str | None = None) -> deco
     if graph[name].op == "dense":
         return decompose.svd_dense(graph, params, name, ranks[0] if ranks else None, d.weakening)
     if d.method == "tucker2":
-        return decompose.tucker2_conv(graph, params, name, ranks, d.weakening)
+        return decompose.tucker2_conv(graph, params, name, ranks, d.weakening, n_iter_max=d.tucker_iters)
     return decompose.cp_conv(graph, params, name, ranks[0] if ranks else None, rule=d.cp_rule,
                              weakening=d.weakening, n_iter_max=d.cp_iters)
 
@@ -90,7 +90,7 @@ def plan(ctx: common.Context, graph, params, names, fc_kind: str | None = None):
         try:
             rep = replacement(graph, params, name, d, fc_kind)
             rec.update(kind=rep.kind, **rep.info, **decompose.check_saves(graph, rep))
-            if d.latency_guard:
+            if d.latency_guard and rep.kind != "diagonal":  # the diagonal is chosen for its parameters
                 rec["ms_dense"], rec["ms_factorised"] = guard(ctx, graph, rep)
                 if rec["ms_factorised"] >= (1.0 - d.latency_margin) * rec["ms_dense"]:
                     raise decompose.Skip(f"slower on this machine ({rec['ms_factorised']:.3f} ms vs "
@@ -131,15 +131,19 @@ def diagonal_layers(ctx: common.Context, graph) -> list[str]:
     return [n for n in candidates(graph, ctx.cfg.decompose) if graph[n].op == "dense"]
 
 
-def shrink_callback(ctx: common.Context, model, names):
-    """Before every fine-tuning epoch: the proximal step of the diagonal-structure penalty."""
-    step = ctx.cfg.decompose.diag_step
+def diagonal_prox(ctx: common.Context, model, names):
+    """``on_step(lr, trainer)`` for :func:`methods.common.fit`: after every SGD step, the proximal step
+    of ``(lam / 2) ||W (.) (1 - D)||^2`` with the step's learning rate, i.e. the off-diagonal weights of
+    the dense layers ``names`` divided by ``1 + lr * lam`` (``lam`` = ``decompose.diag_lambda``).
+    Only those weights cross the backend boundary."""
+    lam = ctx.cfg.decompose.diag_lambda
+    keys = [f"{n}.weight" for n in names]
 
-    def on_epoch(epoch, trainer):
-        w = ctx.backend.get_weights(model)
-        ctx.backend.set_weights(model, {f"{n}.weight": decompose.shrink_off_diagonal(w[f"{n}.weight"], step)
-                                        for n in names}, strict=False)
-    return on_epoch
+    def on_step(lr, trainer):
+        w = ctx.backend.get_weights(model, keys)
+        ctx.backend.set_weights(model, {k: decompose.shrink_off_diagonal(v, lr * lam) for k, v in w.items()},
+                                strict=False)
+    return on_step
 
 
 def compact(ctx: common.Context, model, fc_kind: str, names):
@@ -192,7 +196,7 @@ def run(ctx: common.Context) -> dict:
         fc = [r["layer"] for r in records if r["op"] == "dense" and r["kept"]]
         models["SVD FC only"] = compact(ctx, teacher, "svd", fc)[0]
     common.fit(ctx, student, ctx.cfg.finetune, "finetune",
-               on_epoch=shrink_callback(ctx, student, diag) if diag else None)
+               on_step=diagonal_prox(ctx, student, diag) if diag else None)
     models["fine-tuned" + (" (diag. reg.)" if diag else "")] = student
     if diag:
         student, diag_records = compact(ctx, student, "diagonal", diag)

@@ -8,21 +8,23 @@ reference gets wrong (docs/methods/decomposition.md, section 1.3).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
+from backends.base import LossSpec
 from compress_core import decompose, lowrank
+from compress_core.errors import UserError
 from compress_core.graph import Graph, Node, conv_node
 from tests import oracle
 from tests.conftest import close, trained_like
 
-CASES = {  # name: (k, stride, pad, dilation, bias)
-    "stride1": ((3, 3), 1, (1, 1), 1, True),
-    "stride2": ((3, 3), 2, (1, 1), 1, False),
-    "pad_1_2": ((3, 5), 1, (1, 2), 1, True),
-    "stride2_pad_1_2": ((3, 5), (2, 1), (1, 2), 1, False),
-    "dilation2": ((3, 3), 1, (2, 2), 2, True),
-}
+# every combination the issue lists: stride 1 / 2, padding (1, 1) / (1, 2), dilation 1 / 2, bias on / off;
+# a 3x5 kernel so that the two spatial axes differ (the reference mixed them up)
+STRIDES, PADS, DILATIONS, BIASES = (1, 2), ((1, 1), (1, 2)), (1, 2), (True, False)
+COMBOS = list(itertools.product(STRIDES, PADS, DILATIONS, BIASES))
+K = (3, 5)
 
 
 def _one_conv(k, stride, pad, dilation, bias, groups=1, cin=6, cout=8):
@@ -51,28 +53,32 @@ def _check(backend, g, params, rep, x):
     return g2
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_full_rank_tucker2_reproduces_the_conv(backend, case, x):
-    g = _one_conv(*CASES[case])
-    params = trained_like(g)
-    rep = decompose.tucker2_conv(g, params, "c", ranks=(8, 6))
-    g2 = _check(backend, g, params, rep, x)
-    assert [n.op for n in g2.nodes] == ["input", "conv", "conv", "conv"]
-    assert g2["c.core"].attrs["stride"] == g["c"].attrs["stride"]
+def _case_id(combo):
+    stride, pad, dilation, bias = combo
+    return f"s{stride}-p{pad[0]}{pad[1]}-d{dilation}-{'bias' if bias else 'nobias'}"
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_exact_cp_factors_reproduce_the_conv(backend, case, x):
-    k, stride, pad, dilation, bias = CASES[case]
-    g = _one_conv(k, stride, pad, dilation, bias)
+@pytest.mark.parametrize("method", ["tucker2", "cp"])
+@pytest.mark.parametrize("combo", COMBOS, ids=[_case_id(c) for c in COMBOS])
+def test_full_rank_tucker2_and_exact_cp_reproduce_the_conv(backend, method, combo, x):
+    stride, pad, dilation, bias = combo
+    g = _one_conv(K, stride, pad, dilation, bias)
     params = trained_like(g)
-    # a kernel that is exactly rank 5 in CP: the layer mapping must then be exact
-    rng = np.random.default_rng(1)
-    f = [rng.normal(size=(d, 5)) for d in (8, 6, *k)]
-    params["c.weight"] = lowrank.cp_reconstruct(*f).astype(np.float32)
-    rep = decompose.cp_conv(g, params, "c", factors=lowrank.CPFactors(*f, 0.0))
+    if method == "tucker2":
+        rep = decompose.tucker2_conv(g, params, "c", ranks=(8, 6))  # full rank: exact
+    else:
+        # a kernel that is exactly rank 5 in CP: the layer mapping must then be exact
+        rng = np.random.default_rng(1)
+        f = [rng.normal(size=(d, 5)) for d in (8, 6, *K)]
+        params["c.weight"] = lowrank.cp_reconstruct(*f).astype(np.float32)
+        rep = decompose.cp_conv(g, params, "c", factors=lowrank.CPFactors(*f, 0.0))
     g2 = _check(backend, g, params, rep, x)
-    assert g2["c.vertical"].attrs["pad"] == (pad[0], 0) and g2["c.horizontal"].attrs["pad"] == (0, pad[1])
+    if method == "tucker2":
+        assert [n.op for n in g2.nodes] == ["input", "conv", "conv", "conv"]
+        assert g2["c.core"].attrs["stride"] == g["c"].attrs["stride"]
+    else:
+        assert g2["c.vertical"].attrs["pad"] == (pad[0], 0) and g2["c.horizontal"].attrs["pad"] == (0, pad[1])
+        assert g2["c.vertical"].attrs["stride"] == (stride, 1) and g2["c.horizontal"].attrs["stride"] == (1, stride)
 
 
 def test_grouped_conv_is_factorised_per_group(backend, x):
@@ -85,20 +91,47 @@ def test_grouped_conv_is_factorised_per_group(backend, x):
         decompose.cp_conv(g, params, "c", rank=3)
 
 
-def test_dense_svd_and_diagonal_layers(backend):
-    nodes = [Node("input", "input"), conv_node("c", "input", 6, bias=True), Node("pool", "gap", ("c",)),
-             Node("fc", "dense", ("pool",), {"out": 4, "bias": True})]
-    g = Graph("head", (3, 5, 5), nodes, "fc")
+def _head():
+    """Dense layers reading a flatten (150 -> 8, fewer outputs) and a ReLU vector (8 -> 12, more outputs)."""
+    nodes = [Node("input", "input"), conv_node("c", "input", 6, bias=True), Node("flat", "flatten", ("c",)),
+             Node("d1", "dense", ("flat",), {"out": 8, "bias": True}), Node("r", "relu", ("d1",)),
+             Node("fc", "dense", ("r",), {"out": 12, "bias": False})]
+    return Graph("head", (6, 5, 5), nodes, "fc")
+
+
+def test_dense_svd_and_diagonal_layers_anywhere(backend):
+    g = _head()
     params = trained_like(g)
-    x = np.random.default_rng(2).normal(size=(4, 3, 5, 5)).astype(np.float32)
+    x = np.random.default_rng(2).normal(size=(4, 6, 5, 5)).astype(np.float32)
     ref = backend.forward(backend.build(g, params), x)[0]
-    full = decompose.svd_dense(g, params, "fc", rank=4)  # full rank: exact
+    full = decompose.svd_dense(g, params, "fc", rank=8)  # full rank: exact
     g2, p2 = decompose.apply(g, params, [full])
     assert close(ref, backend.forward(backend.build(g2, p2), x)[0]) < 1e-5
-    # a weight that already has the diagonal structure is reproduced by the compact layer
-    params["fc.weight"] = np.where(decompose.diagonal_mask((4, 6)), params["fc.weight"], 0.0).astype(np.float32)
+    # weights that already have the diagonal structure are reproduced by the compact layers
+    for name in ("d1", "fc"):
+        w = params[f"{name}.weight"]
+        params[f"{name}.weight"] = np.where(decompose.diagonal_mask(w.shape), w, 0.0).astype(np.float32)
     ref = backend.forward(backend.build(g, params), x)[0]
-    diag = decompose.diagonal_dense(g, params, "fc")
-    g3, p3 = decompose.apply(g, params, [diag])
-    assert "pool" not in g3 and g3["fc"].op == "gap"
-    assert close(ref, backend.forward(backend.build(g3, p3), x)[0]) < 1e-5
+    g3, p3 = decompose.apply(g, params, [decompose.diagonal_dense(g, params, n) for n in ("d1", "fc")])
+    assert [n.op for n in g3.nodes] == ["input", "conv", "flatten", "diagonal", "relu", "diagonal"]
+    got = backend.forward(backend.build(g3, p3), x)[0]
+    assert close(ref, got) < 1e-5 and close(oracle.forward(g3, p3, x)["fc"], got) < 1e-5
+
+
+def test_diagonal_op_trains_decays_and_reads_back_by_name(backend):
+    """The contract for the ``diagonal`` op: weight decay covers it, SGD updates it, weights read by name."""
+    g = _head()
+    params = trained_like(g)
+    g3, p3 = decompose.apply(g, params, [decompose.diagonal_dense(g, params, n) for n in ("d1", "fc")])
+    p3["d1.bias"] = np.linspace(-1, 1, 8).astype(np.float32)
+    model = backend.build(g3, p3)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(5, 6, 5, 5)).astype(np.float32), rng.integers(0, 12, 5)
+    out = backend.trainer(model, LossSpec(weight_decay=1e-2)).step(x, y, lr=0.1)
+    want = 0.5e-2 * sum(float((v.astype(np.float64) ** 2).sum()) for k, v in p3.items())  # every param is decayed
+    assert out["wd"] == pytest.approx(want, rel=1e-5)
+    got = backend.get_weights(model, ["d1.weight", "fc.weight"])
+    assert sorted(got) == ["d1.weight", "fc.weight"] and got["fc.weight"].shape == (8,)
+    assert not np.array_equal(got["d1.weight"], p3["d1.weight"])  # gradients reach the diagonal
+    with pytest.raises(UserError, match="no parameter 'fc.bias'"):
+        backend.get_weights(model, ["fc.bias"])

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from compress_core import decompose, lowrank
+from compress_core import decompose, flops, lowrank
 from compress_core.errors import UserError
 from compress_core.graph import Graph, Node, conv_node
+from tests import oracle
 
 
 def _planted(L, M, r, seed=0, noise=0.3):
@@ -55,6 +56,41 @@ def test_evbmf_of_noise_or_zeros_is_rank_0_and_bad_input_is_named():
         lowrank.evbmf_rank(np.ones(4))
     with pytest.raises(UserError, match="NaN"):
         lowrank.evbmf_rank(np.full((3, 3), np.nan))
+
+
+def _decaying(L, M, decay, seed):
+    """Singular values 4 sqrt(M) exp(-decay h) plus unit noise: ranks in the middle of the spectrum."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(L, L)))[0]
+    v = np.linalg.qr(rng.normal(size=(M, L)))[0]
+    return (u * (np.sqrt(M) * 4.0 * np.exp(-decay * np.arange(L)))) @ v.T + rng.normal(size=(L, M))
+
+
+# (L, M, decay) -> (rank, rank of the transpose, sigma2): values of the SVD-based implementation
+# before the Gram-eigenvalue rewrite (kept so that the speed-up cannot change a rank)
+GOLDEN = {(16, 144, 0.1): (5, 5, 3.708774), (32, 288, 0.05): (8, 8, 3.9837), (64, 576, 0.03): (20, 20, 2.889144),
+          (64, 64, 0.08): (6, 6, 1.759251), (27, 64, 0.2): (4, 4, 1.439788), (128, 1152, 0.02): (42, 42, 1.935365),
+          (9, 64, 0.3): (3, 3, 2.1197), (100, 300, 0.04): (19, 19, 1.643526)}
+
+
+def test_evbmf_ranks_are_those_of_the_previous_implementation():
+    for i, (case, (rank, rank_t, sigma2)) in enumerate(GOLDEN.items()):
+        y = _decaying(*case, seed=i)
+        res = lowrank.evbmf(y)
+        assert (res.rank, lowrank.evbmf_rank(y.T)) == (rank, rank_t), case
+        assert res.sigma2 == pytest.approx(sigma2, abs=2e-6), case
+        # the Gram eigenvalues give what the full SVD's singular values give
+        s = np.linalg.svd(y, compute_uv=False)
+        assert lowrank.evbmf_spectrum(s ** 2, *sorted(y.shape)).rank == rank
+
+
+def test_tucker2_ranks_of_a_1x1_kernel_are_one_evbmf():
+    y = _decaying(48, 96, 0.05, seed=3)
+    r = lowrank.evbmf_rank(y)
+    assert lowrank.tucker2_ranks(y[:, :, None, None]) == (r, r)
+    assert lowrank.tucker2_ranks(y.T[:, :, None, None]) == (r, r)
+    with pytest.raises(ValueError, match="gamma2"):
+        lowrank.evbmf_spectrum(np.ones(3), 4, 5)
 
 
 def test_tucker2_ranks_and_weakening():
@@ -141,13 +177,32 @@ def test_diagonal_structure_shrink_and_compact_layer():
     p = _params(g)
     rep = decompose.diagonal_dense(g, p, "fc")
     g2, p2 = decompose.apply(g, p, [rep])
-    # 10 outputs from 16 channels: a select of channels 0..9, a per-channel 1x1 conv, the pool
-    assert [n.op for n in g2.nodes] == ["input", "conv", "select", "conv", "gap"]
-    assert np.array_equal(p2["fc.diag.weight"].ravel(), np.diagonal(p["fc.weight"]))
-    assert decompose.costs(g, rep)["params_after"] == 20  # min(10, 16) weights + 10 biases
-    head = Graph("h", (4,), [Node("input", "input"), Node("fc", "dense", ("input",), {"out": 2, "bias": False})], "fc")
-    with pytest.raises(decompose.Skip, match="global average pool"):
-        decompose.diagonal_dense(head, {"fc.weight": np.ones((2, 4))}, "fc")
+    # the dense layer becomes a diagonal node in place: min(10, 16) weights + 10 biases, 10 MACs
+    assert [n.op for n in g2.nodes] == ["input", "conv", "gap", "diagonal"]
+    assert np.array_equal(p2["fc.weight"], np.diagonal(p["fc.weight"]))
+    assert decompose.costs(g, rep) == {"macs_before": 160, "macs_after": 10, "params_before": 170,
+                                       "params_after": 20}
+
+
+@pytest.mark.parametrize("out,inp", [(2, 3), (3, 2)])
+def test_diagonal_node_on_any_vector_hand_computed(out, inp):
+    """[[1,2,3],[4,5,6]] (2x3) and its transpose [[1,4],[2,5],[3,6]] (3x2), bias (10, 20, 30)[:out]."""
+    x = np.array([[1.0, -1.0, 2.0]])[:, :inp]
+    w = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    w = w if out == 2 else w.T
+    b = np.array([10.0, 20.0, 30.0], np.float32)[:out]
+    head = Graph("h", (inp,), [Node("input", "input"), Node("fc", "dense", ("input",), {"out": out, "bias": True})],
+                 "fc")
+    g2, p2 = decompose.apply(head, {"fc.weight": w, "fc.bias": b}, [decompose.diagonal_dense(head, {
+        "fc.weight": w, "fc.bias": b}, "fc")])
+    assert g2.param_shapes() == {"fc.weight": (2,), "fc.bias": (out,)}
+    # y_j = W[j, j] x_j + b_j for j < 2: 1*1 + 10 = 11, 5*(-1) + 20 = 15; beyond: the bias alone, 30
+    want = [[11.0, 15.0]] if out == 2 else [[11.0, 15.0, 30.0]]
+    assert np.array_equal(oracle.forward(g2, p2, x)["fc"], want)
+    assert flops.count_macs(g2) == 2 and flops.count_params(g2) == 2 + out
+    with pytest.raises(UserError, match="vector input"):
+        Graph("bad", (3, 2, 2), [Node("input", "input"), Node("d", "diagonal", ("input",),
+                                                                 {"out": 3, "bias": False})], "d").shapes()
 
 
 def test_grouped_conv_ranks_are_per_group():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import glob
 import json
 
+import numpy as np
 import pytest
 
-from compress_core import checkpoint, config, flops, zoo
+from compress_core import checkpoint, config, flops
 from methods import common
 from methods import decompose as method
-from tests.conftest import close, trained_like
+from tests.conftest import close, digits_teacher
 
 CONFIG = f"{common.HYPERPARAMS}/decompose_resnet20_digits.py"
 LAYERS = "--config.decompose.layers=('layer1.0.conv1','layer3.2.conv2','fc')"
@@ -19,11 +21,7 @@ TINY = ["--config.finetune.epochs=1", "--config.finetune.batch_size=256", "--con
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    """A digits ResNet-20 checkpoint (seeded weights stand in for a trained network)."""
-    g = zoo.build("resnet20", 10, (1, 8, 8))
-    path = str(tmp_path_factory.mktemp("t") / "teacher.safetensors")
-    checkpoint.save_checkpoint(path, g, trained_like(g, seed=5))
-    return path
+    return digits_teacher(tmp_path_factory.mktemp("t"), seed=5)
 
 
 @pytest.mark.parity
@@ -64,12 +62,30 @@ def test_decompose_end_to_end_and_resume(backend, extra, teacher, tmp_path, caps
     diagonal = "--config.decompose.fc=diagonal" in extra
     assert names[-1] == ("diagonal FC" if diagonal else "fine-tuned")
     assert kept["fc"]["kind"] == ("diagonal" if diagonal else "svd")
-    g, _, _ = checkpoint.load_checkpoint(m["checkpoint"])
+    g, params, _ = checkpoint.load_checkpoint(m["checkpoint"])
     assert flops.count_macs(g) == m["rows"][-1]["macs"] < m["rows"][0]["macs"]
     assert ("layer1.0.conv1.vertical" if diagonal else "layer1.0.conv1.core") in g
-    if backend == "tf":  # resuming is backend-independent: checked once
+    if diagonal:  # 64 -> 10: ten weights, read straight off the pooled vector
+        assert g["fc"].op == "diagonal" and params["fc.weight"].shape == (10,)
+        assert names[2:] == ["diagonal FC, no reg.", "fine-tuned (diag. reg.)", "diagonal FC"]
+    else:  # resuming is backend-independent: checked once, on the cheaper backend
         assert method.cli(argv) == 0
         assert "decomposition skipped" in (tmp_path / "w" / "log.txt").read_text()
+
+
+def test_diagonal_regulariser_is_a_proximal_step_scaled_by_the_lr(teacher, tmp_path):
+    """After a step at lr 0.1 with lam 10: off-diagonal weights / (1 + 0.1 * 10) = / 2, nothing else moves."""
+    from backends.base import get_backend
+
+    cfg = config.load_config(CONFIG, ["decompose.diag_lambda=10.0"])
+    ctx = common.Context(cfg, get_backend("torch"), str(tmp_path), common.load_data(cfg))
+    model = common.load_model(ctx.backend, teacher)
+    before = ctx.backend.get_weights(model)
+    method.diagonal_prox(ctx, model, ["fc"])(0.1, None)
+    after = ctx.backend.get_weights(model)
+    w, d = before["fc.weight"], np.eye(10, 64, dtype=bool)
+    np.testing.assert_allclose(after["fc.weight"], np.where(d, w, w / 2), rtol=1e-6)
+    assert all(np.array_equal(after[k], v) for k, v in before.items() if k != "fc.weight")
 
 
 def test_latency_guard_times_both_sequences_and_keeps_only_faster_ones(teacher, tmp_path):
@@ -84,6 +100,13 @@ def test_latency_guard_times_both_sequences_and_keeps_only_faster_ones(teacher, 
     assert rec["ms_dense"] > 0 and rec["ms_factorised"] > 0
     assert rec["kept"] == (rec["ms_factorised"] < rec["ms_dense"])
     assert rec["kept"] or "slower on this machine" in rec["reason"]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(f"{common.HYPERPARAMS}/decompose_*.py")))
+def test_every_decompose_file_loads_and_validates(path):
+    cfg = config.load_config(path, [])
+    assert cfg.decompose.method in ("tucker2", "cp") and cfg.decompose.diag_lambda > 0
+    assert cfg.finetune.epochs >= 1
 
 
 BAD = {
