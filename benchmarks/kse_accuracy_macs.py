@@ -25,9 +25,7 @@ def main() -> None:
     p.add_argument("--finetune", type=int, default=10, help="KSE fine-tuning epochs")
     a = p.parse_args()
     base_dir = os.path.join(a.workdir, "baseline")
-    assert train.cli(["--backend", a.backend, "--workdir", base_dir, f"--config.train.epochs={a.epochs}"]) == 0
-    with open(os.path.join(base_dir, "metrics.json")) as f:
-        base = json.load(f)
+    base = train.baseline(a.backend, base_dir, a.epochs)
     rows = []
     for G in (3, 4, 5):
         argv = ["--backend", a.backend, "--workdir", os.path.join(a.workdir, f"g{G}"), f"--config.kse.G={G}",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compress_core import cdc, prune
-from compress_core.criteria.kse import check_weight
+from compress_core.criteria.kse import check_weight, map_chunks
 from compress_core.errors import UserError
 from compress_core.graph import Graph, Node, conv_node
 
@@ -43,27 +43,76 @@ _CHUNK_ELEMENTS = 8_000_000
 
 
 # -- k-means ------------------------------------------------------------------------------------
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``||x_i - c_j||^2`` for batches ``x [B, N, D]``, ``c [B, q, D]`` -> ``[B, N, q]`` (clipped at 0)."""
-    d2 = (np.einsum("bnd,bnd->bn", x, x)[:, :, None] + np.einsum("bqd,bqd->bq", c, c)[:, None, :]
-          - 2.0 * np.matmul(x, c.transpose(0, 2, 1)))
-    return np.maximum(d2, 0.0)
-
-
-def _assign(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid of every point (1-D points: by the sorted centroids' midpoints)."""
+def _init(x: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ centres of each set ``x [B, N, D]``: the first drawn uniformly, each next one with
+    probability proportional to the squared distance to the nearest chosen centre (the uniform
+    draws made up front, in the order of drawing them step by step for all sets, so that chunks of
+    sets run apart)."""
     b, n, d = x.shape
-    if d > 1:
-        return _sq_dist(x, c).argmin(axis=2)
-    order = np.argsort(c[..., 0], axis=1, kind="stable")
-    cs = np.take_along_axis(c[..., 0], order, axis=1)
-    mids = 0.5 * (cs[:, 1:] + cs[:, :-1])
-    # one global search: channel b's values are shifted by b * span, past every other channel's
-    span = 4.0 * max(float(np.abs(x).max()), float(np.abs(c).max()), 1e-30) + 1.0
-    shift = span * np.arange(b)[:, None]
-    pos = np.searchsorted((mids + shift).ravel(), (x[..., 0] + shift).ravel()).reshape(b, n)
-    pos -= (mids.shape[1] * np.arange(b))[:, None]
-    return np.take_along_axis(order, pos, axis=1)
+    first, u = rng.integers(0, n, b), rng.random((q - 1, b))
+    xx = np.einsum("bnd,bnd->bn", x, x)
+    centres = np.empty((b, q, d))
+
+    def chunk(lo: int, hi: int) -> None:
+        xs, rows = x[lo:hi], np.arange(hi - lo)
+        centres[lo:hi, 0] = xs[rows, first[lo:hi]]
+        d2 = _sq_to(xs, xx[lo:hi], centres[lo:hi, 0])
+        for j in range(1, q):
+            cum = np.cumsum(d2, axis=1)
+            pick = np.minimum((cum < (u[j - 1, lo:hi] * cum[:, -1])[:, None]).sum(axis=1), n - 1)
+            centres[lo:hi, j] = xs[rows, pick]
+            np.minimum(d2, _sq_to(xs, xx[lo:hi], centres[lo:hi, j]), out=d2)
+
+    map_chunks(chunk, b, 64)
+    return centres
+
+
+def _sq_to(x: np.ndarray, xx: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``||x_i - c||^2 = |x_i|^2 - 2 <x_i, c> + |c|^2`` (clipped at 0), ``x [B, N, D]``, ``c [B, D]``."""
+    r = np.matmul(x, c[:, :, None])[..., 0]
+    r *= -2.0
+    r += xx
+    r += np.einsum("bd,bd->b", c, c)[:, None]
+    return np.maximum(r, 0.0, out=r)
+
+
+def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int, tol: float) -> np.ndarray:
+    """Lloyd iterations of the sets ``x [B, N, D]`` from centres ``c [B, q, D]`` until, in one
+    iteration, every set's centres move less than ``tol`` times its mean per-dimension variance
+    (scikit-learn's rule, for the batch). A set whose centres no longer move is at a fixed point
+    (further iterations would repeat it) and leaves the batch. An empty cluster keeps its centre."""
+    c = c.copy()
+    limit = tol * x.var(axis=1).mean(axis=1)
+    active = np.arange(len(x))
+    for _ in range(max_iter):
+        xa, ca = x[active], c[active]
+        new = _means(xa, _nearest(xa, ca), ca)
+        moved = ((new - ca) ** 2).sum(axis=(1, 2))
+        c[active] = new
+        if np.all(moved <= limit[active]):
+            break
+        active = active[moved > 0]
+    return c
+
+
+def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of every point: ``argmin_j ||c_j||^2 - 2 <x_i, c_j>`` (in chunks of
+    sets whose ``[N, q]`` scores stay in cache)."""
+    b, n, _ = x.shape
+    q = c.shape[1]
+    ct = np.ascontiguousarray(-2.0 * c.transpose(0, 2, 1))  # a transposed view would make matmul slower
+    cc = np.einsum("bqd,bqd->bq", c, c)[:, None, :]
+    out = np.empty((b, n), np.int64)
+    cached = max(1, 131_072 // (n * q))  # sets whose [N, q] scores stay in cache
+
+    def chunk(lo: int, hi: int) -> None:
+        for a in range(lo, hi, cached):
+            r = np.matmul(x[a:min(a + cached, hi)], ct[a:min(a + cached, hi)])
+            r += cc[a:min(a + cached, hi)]
+            out[a:min(a + cached, hi)] = r.argmin(axis=2)
+
+    map_chunks(chunk, b, max(1, 2_000_000 // (n * q)))
+    return out
 
 
 def _means(x: np.ndarray, labels: np.ndarray, old: np.ndarray) -> np.ndarray:
@@ -76,25 +125,74 @@ def _means(x: np.ndarray, labels: np.ndarray, old: np.ndarray) -> np.ndarray:
     return np.where(counts[..., None] > 0, sums / np.maximum(counts, 1)[..., None], old)
 
 
-def _init(x: np.ndarray, q: int, rng: np.random.Generator) -> np.ndarray:
-    """Initial centres: k-means++ (each next centre drawn with probability ~ squared distance to the
-    nearest chosen one); for 1-D points the ``q`` quantiles (one pass instead of ``q``)."""
-    b, n, d = x.shape
-    if d == 1:
-        s = np.sort(x[..., 0], axis=1)
-        idx = np.minimum(((np.arange(q) + 0.5) * n / q).astype(np.int64), n - 1)
-        return s[:, idx, None]
-    rows = np.arange(b)
-    centres = np.empty((b, q, d))
-    centres[:, 0] = x[rows, rng.integers(0, n, b)]
-    d2 = ((x - centres[:, :1]) ** 2).sum(axis=2)
-    for j in range(1, q):
-        cum = np.cumsum(d2, axis=1)
-        r = rng.random(b) * cum[:, -1]
-        pick = np.minimum((cum < r[:, None]).sum(axis=1), n - 1)
-        centres[:, j] = x[rows, pick]
-        d2 = np.minimum(d2, ((x - centres[:, j:j + 1]) ** 2).sum(axis=2))
-    return centres
+def _lloyd_line(x: np.ndarray, q: int, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means of points on a line ``x [B, N]`` from the ``q`` quantiles, on the sorted
+    points: clusters are runs of consecutive points, cut at the midpoints of consecutive centres
+    (a point on a midpoint goes to the lower centre), and their means are segment sums. Same
+    stopping rule as :func:`_lloyd`. Returns sorted centres ``[B, q]`` and labels ``[B, N]``."""
+    b, n = x.shape
+    order = np.argsort(x, axis=1)  # ties may go either way: the cuts are by value
+    line = _Line(np.take_along_axis(x, order, axis=1))
+    c = line.s[:, np.minimum(((np.arange(q) + 0.5) * n / q).astype(np.int64), n - 1)]
+    limit = tol * x.var(axis=1)
+    active = np.arange(b)
+    cuts = line.cuts(active, c, None)
+    for _ in range(max_iter):
+        ca = np.sort(c[active], axis=1)
+        new, cut = np.empty_like(ca), np.empty((len(active), q + 1), np.int64)
+
+        def chunk(lo: int, hi: int, ca=ca, new=new, cut=cut, active=active) -> None:
+            sets = active[lo:hi]
+            cut[lo:hi] = line.cuts(sets, ca[lo:hi], cuts[sets])
+            counts = np.diff(cut[lo:hi], axis=1)
+            # every set's end is a start too, so no segment runs on into a set that is not active
+            base = n * sets[0]
+            sums = np.add.reduceat(line.padded[base:n * (sets[-1] + 1) + 1],
+                                   (cut[lo:hi] + n * sets[:, None] - base).ravel()).reshape(hi - lo, -1)[:, :-1]
+            new[lo:hi] = np.where(counts > 0, sums / np.maximum(counts, 1), ca[lo:hi])
+
+        map_chunks(chunk, len(active), max(1, 262_144 // n))
+        moved = ((new - ca) ** 2).sum(axis=1)
+        c[active], cuts[active] = new, cut
+        if np.all(moved <= limit[active]):
+            break
+        active = active[moved > 0]
+    c = np.sort(c, axis=1)
+    counts = np.diff(line.cuts(np.arange(b), c, cuts), axis=1)
+    labels = np.empty((b, n), np.int64)
+    np.put_along_axis(labels, order, np.repeat(np.tile(np.arange(q), b), counts.ravel()).reshape(b, n), axis=1)
+    return c, labels
+
+
+class _Line:
+    """Sorted points ``s [B, N]`` of many sets, searched all at once."""
+
+    def __init__(self, s: np.ndarray):
+        self.s, self.n = s, s.shape[1]
+        # a trailing 0: the last set's end (= size) is a valid reduceat index
+        self.padded = np.append(s.ravel(), 0.0)
+        # pairs (set, value) ordered lexicographically as complex numbers set + i value: one exact
+        # search for all sets (shifting the values by set would round them)
+        self.keys = (np.arange(len(s))[:, None] + 1j * s).ravel()
+
+    def cuts(self, sets: np.ndarray, c: np.ndarray, guess: np.ndarray | None) -> np.ndarray:
+        """``[0, #(s <= m_1), .., #(s <= m_(q-1)), N]`` for sets ``sets`` and the midpoints ``m`` of
+        their sorted centres ``c``; ``guess``: earlier cuts, kept where still right (most of them
+        once Lloyd settles), searched for elsewhere."""
+        n = self.n
+        mids = 0.5 * (c[:, 1:] + c[:, :-1])
+        if guess is None:
+            pos, wrong = np.zeros(mids.shape, np.int64), np.ones(mids.shape, bool)
+        else:
+            pos = guess[:, 1:-1].copy()
+            at = pos + n * sets[:, None]
+            wrong = ((pos > 0) & (self.padded[at - 1] > mids)) | ((pos < n) & (self.padded[at] <= mids))
+        rows, cols = np.nonzero(wrong)
+        if len(rows):
+            pos[rows, cols] = np.searchsorted(self.keys, sets[rows] + 1j * mids[rows, cols], side="right") \
+                - n * sets[rows]
+        edge = np.zeros((len(sets), 1), np.int64)
+        return np.concatenate([edge, pos, edge + n], axis=1)
 
 
 def kmeans(points: np.ndarray, q: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4
@@ -102,29 +200,28 @@ def kmeans(points: np.ndarray, q: int, seed: int = 0, max_iter: int = 100, tol: 
     """Lloyd's k-means of each of ``B`` point sets ``points [B, N, D]`` into ``q`` clusters.
 
     Minimises ``sum_i ||x_i - c_{l_i}||^2`` per set. Seeded and deterministic (same
-    input, same output); stops when every set's centres move less than ``tol``
-    times its mean per-dimension variance (scikit-learn's criterion) or after
-    ``max_iter`` iterations. Returns ``(centres [B, q, D], labels [B, N])``, the
-    labels of the final centres.
+    input, same output, on any number of cores). Initial centres: k-means++ with
+    the uniforms of ``default_rng([seed, lo])`` for the chunk of sets starting at
+    ``lo`` (1-D points: the ``q`` quantiles, no randomness). Lloyd iterations stop
+    when, in one iteration, every set's centres move less than ``tol`` times its
+    mean per-dimension variance (scikit-learn's criterion, for the whole chunk),
+    or after ``max_iter``; a set whose centres stop moving is done early (more
+    iterations would repeat it). Returns ``(centres [B, q, D], labels [B, N])``,
+    the labels of the final centres (1-D: centres in ascending order).
     """
     x = np.asarray(points, np.float64)
     b, n, d = x.shape
     if not 1 <= q <= n:
         raise UserError(f"k-means: cannot make {q} clusters of {n} kernels")
-    step = max(1, _CHUNK_ELEMENTS // (n * q if d > 1 else n))  # 1-D points need no [N, q] distances
+    if d == 1:
+        c, labels = _lloyd_line(x[..., 0], q, max_iter, tol)
+        return c[..., None], labels
+    step = max(1, _CHUNK_ELEMENTS // (n * q))
     centres, labels = np.empty((b, q, d)), np.empty((b, n), np.int64)
     for lo in range(0, b, step):
         xs = x[lo:lo + step]
-        rng = np.random.default_rng([seed, lo])
-        c = _init(xs, q, rng)
-        limit = tol * xs.var(axis=1).mean(axis=1)
-        for _ in range(max_iter):
-            new = _means(xs, _assign(xs, c), c)
-            moved = ((new - c) ** 2).sum(axis=(1, 2))
-            c = new
-            if np.all(moved <= limit):
-                break
-        centres[lo:lo + step], labels[lo:lo + step] = c, _assign(xs, c)
+        c = _lloyd(xs, _init(xs, q, np.random.default_rng([seed, lo])), max_iter, tol)
+        centres[lo:lo + step], labels[lo:lo + step] = c, _nearest(xs, c)
     return centres, labels
 
 
@@ -188,10 +285,14 @@ def cluster_layer(weight, num_centroids, seed: int = 0, max_iter: int = 100, tol
             cent, lab = x[chans], np.broadcast_to(np.arange(n), (len(chans), n))
         else:
             cent, lab = kmeans(x[chans], qv, seed=seed * 1_000_003 + qv, max_iter=max_iter, tol=tol)
-        for i, ch in enumerate(chans.tolist()):
-            used, new = np.unique(lab[i], return_inverse=True)
-            books[ch] = cent[i][used].reshape(-1, *w.shape[2:]).astype(np.float32)
-            labels[ch] = new.reshape(-1)
+        # drop the centroids no kernel uses, renumbering the labels in the centroids' order
+        used = np.zeros((len(chans), qv), bool)
+        used[np.arange(len(chans))[:, None], lab] = True
+        renumber = np.cumsum(used, axis=1) - 1
+        labels[chans] = np.take_along_axis(renumber, lab, axis=1)
+        flat = cent[used].reshape(-1, *w.shape[2:]).astype(np.float32)
+        for ch, book in zip(chans.tolist(), np.split(flat, np.cumsum(used.sum(axis=1))[:-1])):
+            books[ch] = book
     return LayerCode(kept, [books[ch] for ch in kept.tolist()], labels[kept], q[kept] == n, c)
 
 

@@ -20,20 +20,49 @@ Guards for what the reference leaves to NaN or to an exception: a constant
 sparsity or entropy in a layer (max == min) and repeated identical kernels
 (distance 0) have defined results (see :func:`minmax` and :func:`knn_entropy`);
 fewer than ``k + 1`` filters, NaN weights, ``G < 2`` and ``T < 0`` are errors.
+
+Speed: the kNN sums use exact neighbours without per-channel loops (sorted
+points for 1x1 kernels, float32 Gram matrices with a rounding guard and an exact
+re-ranking of near ties otherwise), in chunks of channels spread over the cores
+(:func:`map_chunks`; results do not depend on the number of cores).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from compress_core.errors import UserError
+from compress_core.numeric import one_blas_thread
 
 #: the two definitions of the entropy's kernel sets (see the module docstring)
 ENTROPY_SETS = ("paper", "reference")
-#: channels per chunk of the pairwise-distance computation (bounds memory to ~64 MB)
+#: entries per chunk of the pairwise-distance computation (bounds memory to ~32 MB per thread)
 _CHUNK_ELEMENTS = 8_000_000
+
+
+def map_chunks(fn: Callable[[int, int], None], total: int, step: int) -> None:
+    """``fn(lo, hi)`` for every chunk ``[lo, hi)`` of ``range(total)`` of ``step`` rows, on all cores.
+
+    The chunks do not depend on the number of cores and each writes only its own
+    rows, so results are the same on any machine; numpy releases the GIL in its
+    array loops, so threads run them in parallel (BLAS itself single-threaded,
+    its threads would only contend with these).
+    """
+    bounds = [(lo, min(lo + step, total)) for lo in range(0, total, step)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(bounds), cores)
+    if workers <= 1:
+        for lo, hi in bounds:
+            fn(lo, hi)
+        return
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda b: fn(*b), bounds):
+            pass
 
 
 @dataclass(frozen=True)
@@ -81,40 +110,131 @@ def entropy_sets(weight, sets: str = "paper") -> np.ndarray:
     raise UserError(f"entropy_sets must be one of {ENTROPY_SETS}, got {sets!r}")
 
 
-def knn_distance_sums(points: np.ndarray, k: int = 5) -> np.ndarray:
+def knn_distance_sums(points: np.ndarray, k: int = 5, in_order: bool = True) -> np.ndarray:
     """``dm[c, i] = sum of the Euclidean distances from point i of set c to its k nearest others``.
 
-    ``points [C, N, D]``. A point's duplicates count as neighbours at distance 0,
-    as in scikit-learn's query that drops only the first hit. One-dimensional
-    points (1x1 kernels) are sorted, so the k nearest lie among the k left and k
-    right neighbours; otherwise squared distances come from Gram matrices (in
-    chunks of channels) and the k chosen neighbours' distances are recomputed
-    exactly from the differences.
+    ``points [C, N, D]``. Exact neighbours: a point's duplicates count as
+    neighbours at distance 0, as in scikit-learn's query that drops only the
+    first hit; the distances are ``sqrt(sum_t (x_jt - x_it)^2)`` in float64,
+    summed in ascending order. One-dimensional points (1x1 kernels): see
+    :func:`_line_distance_sums` (``in_order=False``: each set's sums in the order of
+    its sorted points, which saves an argsort); otherwise :func:`_gram_distance_sums`.
     """
     pts = np.asarray(points, np.float64)
-    c, n, d = pts.shape
+    _, n, d = pts.shape
     if n < k + 1:
         raise UserError(f"the kNN entropy with k={k} needs at least {k + 1} kernels per set, got {n}")
     if d == 1:
-        s = np.sort(pts[..., 0], axis=1)
-        padded = np.concatenate([np.full((c, k), np.inf), s, np.full((c, k), np.inf)], axis=1)
-        cand = np.stack([np.abs(padded[:, k + off:k + off + n] - s) for off in range(-k, k + 1) if off], axis=2)
-        return np.sort(cand, axis=2)[:, :, :k].sum(axis=2)
+        return _line_distance_sums(pts[..., 0], k, in_order)
+    return _gram_distance_sums(pts, k)
+
+
+def _line_distance_sums(x: np.ndarray, k: int, in_order: bool = True) -> np.ndarray:
+    """Points on a line ``x [C, N]``: the k nearest of a point form, in sorted order, a window of
+    ``k + 1`` points around it, so ``dm_i = min_a (L_1 + .. + L_a + R_1 + .. + R_(k-a))`` with
+    ``L_t`` / ``R_t`` the distances to the t-th point on its left / right (inf past the ends).
+    Every window sums k distinct distances, the nearest k give the smallest sum.
+    ``in_order=False``: the sums in the order of the sorted points (enough for an entropy)."""
+    c, n = x.shape
     out = np.empty((c, n))
-    step = max(1, _CHUNK_ELEMENTS // (n * n))
-    for lo in range(0, c, step):
-        x = pts[lo:lo + step]
-        # ranking only: ||x_j||^2 - 2 <x_i, x_j> orders j as ||x_i - x_j||^2 does (float32 is enough,
-        # the chosen neighbours' distances are recomputed exactly below)
-        x32 = x.astype(np.float32)
-        d2 = np.matmul(x32, x32.transpose(0, 2, 1))
-        d2 *= -2.0
-        d2 += np.einsum("cnd,cnd->cn", x32, x32)[:, None, :]
-        d2[:, np.arange(n), np.arange(n)] = np.inf
-        nearest = np.argpartition(d2, k - 1, axis=2)[:, :, :k]
-        diff = np.take_along_axis(x[:, None, :, :], nearest[..., None], axis=2) - x[:, :, None, :]
-        out[lo:lo + step] = np.sqrt((diff * diff).sum(axis=3)).sum(axis=2)
+
+    def chunk(lo: int, hi: int) -> None:
+        if in_order:
+            order = np.argsort(x[lo:hi], axis=1)
+            s = np.take_along_axis(x[lo:hi], order, axis=1)
+        else:
+            s = np.sort(x[lo:hi], axis=1)
+        padded = np.concatenate([np.full((hi - lo, k), -np.inf), s, np.full((hi - lo, k), np.inf)], axis=1)
+        left, right = [np.zeros(s.shape)], [np.zeros(s.shape)]
+        for t in range(1, k + 1):
+            left.append(left[-1] + (s - padded[:, k - t:k - t + n]))
+            right.append(right[-1] + (padded[:, k + t:k + t + n] - s))
+        sums = left[0] + right[k]
+        for a in range(1, k + 1):
+            np.minimum(sums, left[a] + right[k - a], out=sums)
+        if in_order:
+            np.put_along_axis(out[lo:hi], order, sums, axis=1)
+        else:
+            out[lo:hi] = sums
+
+    map_chunks(chunk, c, max(1, _CHUNK_ELEMENTS // 16 // n))
     return out
+
+
+def _gram_distance_sums(x: np.ndarray, k: int) -> np.ndarray:
+    """Points ``x [C, N, D]``, D > 1. Candidates from ``r_ij = [x_i, 1, |x_i|^2] . [-2 x_j, |x_j|^2, 1]``
+    ``= |x_i - x_j|^2`` up to a rounding error below ``B_i = (4D + 8) 2^-24 (|x_i|^2 + max_j |x_j|^2)``
+    (one float32 product per set, in chunks of sets; the float32 rounding of x, of the squared
+    norms and of the (D + 2)-term products add up to at most (3D + 8) 2^-24 (|x_i|^2 + |x_j|^2)). Where the (k+1)-th smallest ``r`` of a row
+    exceeds the k-th by more than ``2 B_i``, its k smallest are the exact nearest; the other rows
+    (near ties, duplicates) are ranked again by exact float64 distances."""
+    c, n, d = x.shape
+    x32 = x.astype(np.float32)
+    sq = np.einsum("cnd,cnd->cn", x32, x32)[..., None]
+    one = np.ones((c, n, 1), np.float32)
+    left = np.concatenate([x32, one, sq], axis=2)
+    # contiguous operands: a transposed view makes matmul several times slower
+    right = np.ascontiguousarray(np.concatenate([-2.0 * x32, sq, one], axis=2).transpose(0, 2, 1))
+    bound = (4 * d + 8) * 2.0 ** -24 * (sq[..., 0] + sq.max(axis=1)).astype(np.float64)
+    dist = np.empty((c, n, k))
+    diag = np.arange(n)
+
+    def chunk(lo: int, hi: int) -> None:
+        xs = x[lo:hi]
+        b = len(xs)
+        r = np.matmul(left[lo:hi], right[lo:hi])
+        r[:, diag, diag] = np.inf
+        idx, sure = _smallest(r.reshape(b * n, n), k, bound[lo:hi].ravel())
+        out = dist[lo:hi].reshape(b * n, k)
+        rows = np.flatnonzero(sure)
+        diff = xs.reshape(-1, d)[idx + (n * (rows // n))[:, None]] - xs.reshape(-1, d)[rows][:, None]
+        out[rows] = np.sqrt(np.einsum("mkd,mkd->mk", diff, diff))
+        rows = np.flatnonzero(~sure)
+        for r0 in range(0, len(rows), max(1, _CHUNK_ELEMENTS // (n * d))):
+            part = rows[r0:r0 + _CHUNK_ELEMENTS // (n * d)]
+            diff = xs[part // n] - xs.reshape(-1, d)[part][:, None]
+            exact = np.sqrt(np.einsum("mnd,mnd->mn", diff, diff))
+            exact[np.arange(len(part)), part % n] = np.inf
+            out[part] = np.partition(exact, k - 1, axis=1)[:, :k]
+
+    map_chunks(chunk, c, max(1, _CHUNK_ELEMENTS // 2 // (n * n)))
+    return np.sort(dist, axis=2).sum(axis=2)
+
+
+def _smallest(r: np.ndarray, k: int, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the rows of ``r [R, M]`` whose ``k`` smallest entries are certain (``sure [R]``: the
+    (k+1)-th smallest exceeds the k-th by more than ``2 bound``, no ties), their column indices
+    ``[sure.sum(), k]`` (in no particular order). Long rows are split into ``L`` interleaved lanes
+    (column ``j`` in lane ``j mod L``): the k+1 smallest entries lie in the k+1 lanes with the
+    smallest minima (a lane holding one of them but not among those would leave k+1 other lanes
+    whose minima are no larger), so only those lanes' entries are ranked. Selection by value
+    (``np.partition``, much faster than ``argpartition``) and comparison: a row whose threshold is
+    tied is not sure."""
+    m = k + 1
+    rows, cols = r.shape
+    lanes = 64
+    if cols > 4 * lanes:
+        groups = -(-cols // lanes)
+        if groups * lanes != cols:
+            r = np.concatenate([r, np.full((rows, groups * lanes - cols), np.inf, r.dtype)], axis=1)
+        lane_min = r.reshape(rows, groups, lanes).min(axis=1)
+        chosen = lane_min <= np.partition(lane_min, m - 1, axis=1)[:, m - 1:m]
+        ok = chosen.sum(axis=1) == m
+        best = np.nonzero(chosen[ok])[1].reshape(-1, m)
+        cand = (best[:, :, None] + lanes * np.arange(groups)).reshape(len(best), m * groups)
+        vals = r.reshape(-1)[cand + r.shape[1] * np.flatnonzero(ok)[:, None]]
+        cols_of = cand
+    else:
+        ok = np.ones(rows, bool)
+        vals, cols_of = r, None
+    top = np.sort(np.partition(vals, m - 1, axis=1)[:, :m], axis=1).astype(np.float64)
+    sure_sub = top[:, k] - top[:, k - 1] > 2 * bound[ok]
+    pick = np.nonzero(vals[sure_sub] <= top[sure_sub, k - 1:k])[1].reshape(-1, k)
+    if cols_of is not None:
+        pick = np.take_along_axis(cols_of[sure_sub], pick, axis=1)
+    sure = np.zeros(rows, bool)
+    sure[np.flatnonzero(ok)[sure_sub]] = True
+    return pick, sure
 
 
 def knn_entropy(points: np.ndarray, k: int = 5) -> np.ndarray:
@@ -123,7 +243,7 @@ def knn_entropy(points: np.ndarray, k: int = 5) -> np.ndarray:
     Guards: a point with ``dm_i = 0`` contributes ``0 * log 0 = 0`` (its limit), and
     a set whose points all coincide (every ``dm_i = 0``) has entropy 0: one point.
     """
-    dm = knn_distance_sums(points, k)
+    dm = knn_distance_sums(points, k, in_order=False)  # the entropy does not depend on the order
     total = dm.sum(axis=1, keepdims=True)
     p = np.divide(dm, total, out=np.zeros_like(dm), where=total > 0)
     logp = np.log2(p, out=np.zeros_like(p), where=p > 0)

@@ -9,6 +9,7 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from compress_core import kse, zoo
+from compress_core.criteria import kse as kse_criteria
 from compress_core.criteria.kse import (
     centroid_counts,
     combine,
@@ -155,6 +156,114 @@ def test_cluster_layer_keeps_prunes_and_clusters():
     dense = code.dense()
     assert np.array_equal(dense[:, 0], w[:, 0]) and np.array_equal(dense[:, 1], w[:, 2])
     assert len(np.unique(dense[:, 2].reshape(8, -1), axis=0)) == 2
+
+
+# -- slow oracles of the vectorised kNN sums and k-means (one set at a time, exact differences) -----
+def _knn_sums_oracle(points, k=5):
+    """Per set and point: the k smallest exact distances to the other points, summed in ascending order."""
+    out = np.empty(points.shape[:2])
+    for c, x in enumerate(np.asarray(points, np.float64)):
+        dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2))
+        np.fill_diagonal(dist, np.inf)
+        out[c] = np.sort(dist, axis=1)[:, :k].sum(axis=1)
+    return out
+
+
+def _kmeans_oracle(x, q, seed, max_iter=100, tol=1e-4):
+    """Lloyd from k-means++ (1-D: the q quantiles) with the uniforms drawn as kse.kmeans documents,
+    nearest centres by exact distances, until every set moves less than tol x its variance."""
+    b, n, d = x.shape
+    if d == 1:
+        s = np.sort(x[..., 0], axis=1)
+        c = s[:, np.minimum(((np.arange(q) + 0.5) * n / q).astype(np.int64), n - 1), None]
+    else:
+        rng = np.random.default_rng([seed, 0])
+        first, u = rng.integers(0, n, b), rng.random((q - 1, b))
+        c = np.empty((b, q, d))
+        for i in range(b):
+            c[i, 0] = x[i, first[i]]
+            d2 = ((x[i] - c[i, 0]) ** 2).sum(axis=1)
+            for j in range(1, q):
+                cum = np.cumsum(d2)
+                c[i, j] = x[i, min(int((cum < u[j - 1, i] * cum[-1]).sum()), n - 1)]
+                d2 = np.minimum(d2, ((x[i] - c[i, j]) ** 2).sum(axis=1))
+
+    def nearest(i, ci):
+        return ((x[i][:, None, :] - ci[None]) ** 2).sum(axis=2).argmin(axis=1)
+
+    limit = tol * x.var(axis=1).mean(axis=1)
+    for _ in range(max_iter):
+        moved = np.empty(b)
+        for i in range(b):
+            lab = nearest(i, c[i])
+            new = np.array([x[i, lab == j].mean(axis=0) if (lab == j).any() else c[i, j] for j in range(q)])
+            moved[i] = ((new - c[i]) ** 2).sum()
+            c[i] = new
+        if np.all(moved <= limit):
+            break
+    return c, np.array([nearest(i, c[i]) for i in range(b)])
+
+
+def _objective(x, c, labels):
+    return float(((x - np.take_along_axis(c, labels[..., None], axis=1)) ** 2).sum())
+
+
+@pytest.mark.parametrize("n, d", [(6, 9), (40, 9), (300, 9), (333, 4), (2048, 1), (7, 1)])
+def test_knn_sums_equal_the_slow_oracle(n, d):
+    # n > 256 takes the lane path (333: not a multiple of the 64 lanes); duplicates, zeros and a lattice
+    # (exact ties between the 5th and 6th neighbours) take the exact re-ranking path
+    rng = np.random.default_rng(n + d)
+    sets = rng.normal(0, 0.05, (4, n, d)).astype(np.float32).astype(np.float64)
+    sets[1, : n // 2] = sets[1, 0]
+    sets[2, ::3] = 0.0
+    sets[3] = rng.integers(-2, 3, (n, d))
+    ours, want = kse_criteria.knn_distance_sums(sets), _knn_sums_oracle(sets)
+    assert np.max(np.abs(ours - want)) <= 1e-13
+    unordered = kse_criteria.knn_distance_sums(sets, in_order=False)  # what the entropy uses
+    assert np.max(np.abs(np.sort(unordered, axis=1) - np.sort(want, axis=1))) <= 1e-13
+
+
+@pytest.mark.parametrize("d, q", [(9, 5), (4, 16), (1, 6)])
+def test_kmeans_equals_the_slow_oracle(d, q):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(6, 48, d))
+    x[5, :12] = x[5, 0]  # repeated kernels
+    c, labels = kse.kmeans(x, q, seed=3)
+    c_ref, labels_ref = _kmeans_oracle(x, q, seed=3)
+    if d == 1:  # the 1-D centres come sorted: renumber the oracle's in that order
+        order = np.argsort(c_ref[..., 0], axis=1)
+        labels_ref = np.take_along_axis(np.argsort(order, axis=1), labels_ref, axis=1)
+        c_ref = np.take_along_axis(c_ref, order[..., None], axis=1)
+    assert np.array_equal(labels, labels_ref)
+    assert np.max(np.abs(c - c_ref)) < 1e-12
+    assert _objective(x, c, labels) == pytest.approx(_objective(x, c_ref, labels_ref), rel=1e-12)
+
+
+def test_codes_do_not_depend_on_the_number_of_cores(monkeypatch):
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(300, 12, 3, 3)).astype(np.float32)
+    w1 = rng.normal(size=(2048, 400, 1, 1)).astype(np.float32)  # several chunks of 1-D sets
+    runs = []
+    for cores in ({0}, {0, 1, 2}):
+        monkeypatch.setattr(kse_criteria.os, "sched_getaffinity", lambda _pid, cores=cores: cores)
+        out = []
+        for weight in (w, w1):
+            r = kse_indicator(weight, G=5, T=1)
+            out.append((r.entropy, kse.cluster_layer(weight, r.num_centroids, seed=2)))
+        runs.append(out)
+    for (e1, c1), (e2, c2) in zip(*runs):
+        assert np.array_equal(e1, e2) and np.array_equal(c1.labels, c2.labels)
+        assert all(np.array_equal(a, b) for a, b in zip(c1.codebooks, c2.codebooks))
+
+
+def test_constant_entropy_and_identical_kernels_give_defined_levels():
+    # every channel's kernels identical (entropy 0 everywhere: constant), magnitudes 1..4
+    w = np.ones((8, 4, 3, 3)) * np.arange(1.0, 5.0)[None, :, None, None]
+    r = kse_indicator(w, G=4)
+    assert r.entropy.tolist() == [0.0] * 4 and np.all(np.isfinite(r.indicator))
+    assert r.num_centroids[0] == 0 and r.num_centroids[3] == 8
+    code = kse.cluster_layer(w, r.num_centroids)
+    assert all(len(b) in (1, 8) for b in code.codebooks)  # identical kernels: one centroid when clustered
 
 
 def _resnet20_codes(G, seed=0):

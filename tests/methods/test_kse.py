@@ -10,7 +10,7 @@ import pytest
 from compress_core import checkpoint, config, flops, kse, zoo
 from methods import common
 from methods import kse as kse_method
-from tests.conftest import close, trained_like
+from tests.conftest import close, digits_teacher, trained_like
 
 CONFIG = f"{common.HYPERPARAMS}/kse_resnet20_digits.py"
 TINY = ["--config.finetune.epochs=1", "--config.finetune.batch_size=256", "--config.kse.latency_batch=8",
@@ -19,10 +19,7 @@ TINY = ["--config.finetune.epochs=1", "--config.finetune.batch_size=256", "--con
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    g = zoo.build("resnet20", 10, (1, 8, 8))
-    path = str(tmp_path_factory.mktemp("kse") / "teacher.safetensors")
-    checkpoint.save_checkpoint(path, g, trained_like(g, seed=11))
-    return path
+    return digits_teacher(tmp_path_factory.mktemp("kse"), seed=11)
 
 
 @pytest.fixture(scope="module")
