@@ -1,0 +1,90 @@
+"""Hinge vs L1-norm filter pruning on digits (ResNet-20): accuracy against MACs at two targets.
+
+``python benchmarks/hinge_accuracy_macs.py [--backend torch] [--targets 0.5 0.3] [--workdir runs/bench_hinge]``
+
+One baseline is trained (hyperparams/hinge_resnet20_digits.py), then for every target:
+Hinge (search, threshold search, fine-tuning with distillation) and L1-norm filter
+pruning fine-tuned with the same budget and loss. On ResNet-20 Hinge *decomposes*
+every block conv (the block outputs feed residual additions), so there are no
+"same widths" to prune: the L1 network prunes the block-internal channels (``conv1``
+filters, the ``conv2`` inputs) by the smallest-L1-norm rule with one uniform ratio,
+chosen so its MACs match Hinge's. Prints one table; MACs: one multiply-add = one MAC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from compress_core import checkpoint, flops, prune
+from methods import common
+from methods import hinge as hinge_method
+
+CONFIG = os.path.join(common.HYPERPARAMS, "hinge_resnet20_digits.py")
+
+
+def l1_prune(graph, params, ratio: float):
+    """Remove ``floor(ratio * n)`` smallest-L1 filters of every block ``conv1``."""
+    for node in graph.of_op("conv"):
+        if node.name.endswith(".conv1") and node.name.startswith("layer"):
+            w = params[f"{node.name}.weight"]
+            n = w.shape[0]
+            keep = np.sort(np.argsort(-np.abs(w).sum(axis=(1, 2, 3)), kind="stable")[:n - int(ratio * n)])
+            graph, params = prune.keep_outputs(graph, params, node.name, keep)
+    return graph, params
+
+
+def matched_l1(graph, params, macs: int):
+    """The uniform L1 ratio whose MACs are closest to ``macs`` (bisection on the ratio)."""
+    lo, hi = 0.0, 0.95
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if flops.count_macs(l1_prune(graph, params, mid)[0]) > macs else (lo, mid)
+    return min((l1_prune(graph, params, r) for r in (lo, hi)), key=lambda gp: abs(flops.count_macs(gp[0]) - macs))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
+    ap.add_argument("--workdir", default="runs/bench_hinge")
+    a = ap.parse_args(argv)
+    base_dir = os.path.join(a.workdir, f"{a.backend}_t{a.targets[0]}")
+    rows = []
+    for i, target in enumerate(a.targets):
+        work = os.path.join(a.workdir, f"{a.backend}_t{target}")
+        extra = [] if i == 0 else [f"--config.hinge.teacher={os.path.join(base_dir, 'baseline', 'best.safetensors')}"]
+        argv_h = ["--backend", a.backend, "--config", CONFIG, "--workdir", work, f"--config.hinge.ratio={target}",
+                  *extra]
+        if hinge_method.cli(argv_h) != 0:
+            return 1
+        with open(os.path.join(work, "metrics.json")) as f:
+            m = json.load(f)
+        base, hinge_row = m["rows"][0], m["rows"][2]
+        if i == 0:
+            rows.append(("unpruned", base))
+        rows.append((f"Hinge {target}", hinge_row))
+        # L1-norm pruning at Hinge's MACs, same fine-tuning budget and loss
+        ctx = common.prepare(["--backend", a.backend, "--config", CONFIG, "--workdir", work + "_l1",
+                              f"--config.hinge.ratio={target}"], "L1 baseline", CONFIG)
+        teacher = common.load_model(ctx.backend, os.path.join(base_dir, "baseline", "best.safetensors"), ctx.splits)
+        g, p = matched_l1(teacher.graph, ctx.backend.get_weights(teacher), hinge_row["macs"])
+        student = ctx.backend.build(g, p)
+        hinge_method.finetune(ctx, student, teacher)
+        checkpoint.save_checkpoint(ctx.path("l1.safetensors"), g, ctx.backend.get_weights(student))
+        rows.append((f"L1-norm {target}", common.summary_row(ctx, "l1", student)))
+    ref = rows[0][1]
+    print(f"\nbackend {a.backend}; digits, ResNet-20; L1-norm MACs matched to Hinge's (Hinge decomposes here)")
+    print(f"{'model':<16}{'MACs':>10}{'MAC ratio':>11}{'params':>10}{'val %':>8}{'test %':>8}")
+    for name, r in rows:
+        print(f"{name:<16}{r['macs'] / 1e6:>9.3f}M{r['macs'] / ref['macs']:>11.4f}{r['params'] / 1e3:>9.1f}k"
+              f"{r['val_accuracy']:>8.2f}{r['test_accuracy']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
