@@ -1,0 +1,149 @@
+"""DCFF: ``python -m methods.dcff --backend tf|torch [--config hyperparams/dcff_*.py]``.
+
+Dynamic-coded filter fusion (Lin et al., 2021) trains a compact network from
+scratch at given per-layer prune rates (:mod:`compress_core.dcff`). Every rated
+conv keeps all ``n`` raw filters and computes with ``m`` fused filters
+``fusion @ W``. Before every epoch the selection and the fusion weights are
+recomputed from the current weights at the epoch's temperature ``t``: DCFF
+importance (mean KL divergence of filter-similarity distributions, in log space
+so it stays finite at any ``t``), the ``m`` best per residual-tied group, and
+``fusion[r] = softmax(-t * distances of kept filter r)``. The number of kept
+indices that changed per group and epoch is logged and saved: it shows whether
+the selection really moves (on digits it settles within a few epochs, see the
+README). At the end the best-validation network is exported as
+ordinary layers (fused weights, BatchNorm as trained).
+
+Training starts from scratch (the paper) or, with ``dcff.init``, from a trained
+unpruned checkpoint (keep sets by DCFF importance of its filters, fused convs
+keep all raw filters, BatchNorm and readers keep the kept entries).
+
+Work directory: ``train/`` (resumable training of the fused network),
+``selection.json`` (per epoch: temperature, changed kept indices per group,
+fusion softness), ``dcff.safetensors`` (the exported compact network: an
+ordinary graph checkpoint), ``metrics.json``, ``log.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from compress_core import checkpoint, dcff, flops, zoo
+from compress_core.criteria import dcff as crit
+from compress_core.fileio import atomic_write_json
+from methods import common
+
+#: the released code's schedule (dcff.md section 1f): t_s, t_e and k per epoch
+PAPER_SCHEDULE = (1.0, 1e4, 1.0)
+
+
+def temperature_at(cfg, epoch: int) -> float:
+    """Temperature of ``epoch`` (0-based) under the config's schedule."""
+    c = cfg.dcff
+    if c.schedule == "paper":
+        t_s, t_e, k = PAPER_SCHEDULE
+        return float(crit.temperature(epoch, cfg.train.epochs, t_s, t_e, k))
+    return float(crit.temperature(epoch / cfg.train.epochs, 1.0, c.t_start, c.t_end, c.k))
+
+
+class Selector:
+    """The ``on_epoch`` hook of :func:`methods.common.fit`: re-select, re-fuse, record what changed.
+
+    ``selection.json`` keeps the keep sets of the last epoch and of the one before,
+    so a run resumed in the middle of an epoch counts its changes against the right set.
+    ``initial`` (fusion, keeps) of a warm start are kept for the first epoch instead of
+    recomputed: its BatchNorm entries were cut to those keep sets.
+    """
+
+    def __init__(self, ctx: common.Context, model, groups, initial=None):
+        self.ctx, self.model, self.groups, self.initial = ctx, model, groups, initial
+        self.path = ctx.path("selection.json")
+        self.record = {"epoch": -1, "keeps": {}, "previous": {}, "epochs": []}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.record = json.load(f)
+
+    def __call__(self, epoch: int, trainer=None) -> None:
+        ctx, rec = self.ctx, self.record
+        t = temperature_at(ctx.cfg, epoch)
+        if epoch == 0 and self.initial is not None:
+            fusion, keeps = self.initial
+        else:
+            fusion, keeps = dcff.select_and_fuse(ctx.backend.get_weights(self.model), self.groups, t)
+        ctx.backend.set_weights(self.model, fusion, strict=False)
+        prev = rec["previous"] if rec["epoch"] == epoch else rec["keeps"]
+        changed = {g: int(len(k) - np.intersect1d(k, prev[g]).size) for g, k in keeps.items() if g in prev}
+        row = {"epoch": epoch + 1, "t": t, "softness": dcff.softness(fusion), "changed": changed}
+        rec.update(epoch=epoch, previous=prev, keeps={g: k.tolist() for g, k in keeps.items()},
+                   epochs=[r for r in rec["epochs"] if r["epoch"] <= epoch] + [row])
+        atomic_write_json(self.path, rec)
+        common.log.info("[dcff] epoch %d: t %.4g, fused filters give %.3f to their own filter, kept indices "
+                        "changed in %d of %d groups (%d in total)", epoch + 1, t, row["softness"],
+                        sum(v > 0 for v in changed.values()), len(keeps), sum(changed.values()))
+        # returns None: a true value would end the training (fit's stopping rule)
+
+
+def print_table(rows: list[dict], selection: list[dict]) -> str:
+    head = f"{'model':<22}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = "".join(f"{r[k]:>8.2f}" if k in r else f"{'-':>8}" for k in ("val_accuracy", "test_accuracy"))
+        lines.append(f"{r['model']:<22}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{acc}")
+    lines.append("MACs: one multiply-add = one MAC; the unpruned row is the architecture's cost, not trained here")
+    moves = [(s["epoch"], sum(s["changed"].values())) for s in selection if s["changed"]]
+    lines.append("kept indices changed per epoch (epoch:count): "
+                 + " ".join(f"{e}:{c}" for e, c in moves) if moves else "kept indices: one epoch only")
+    return "\n".join(lines)
+
+
+def run(ctx: common.Context) -> dict:
+    cfg, backend, splits = ctx.cfg, ctx.backend, ctx.splits
+    shape, classes = splits.train.x.shape[1:], splits.num_classes
+    rates = dcff.parse_rates(cfg.dcff.rates)
+    graph, groups = dcff.training_graph(cfg.model.name, rates, classes, shape)
+    t0, initial = temperature_at(cfg, 0), None
+    if cfg.dcff.init:
+        common.checkpoint_graph(cfg.dcff.init, splits)
+        full, full_params, _ = checkpoint.load_checkpoint(cfg.dcff.init)
+        params, keeps = dcff.warm_start(full, full_params, graph, groups, t0)
+        initial = ({k: v for k, v in params.items() if k.endswith(".fusion")}, keeps)
+        common.log.info("[dcff] starting from %s", cfg.dcff.init)
+    else:
+        params = dcff.init_params(graph, groups, cfg.seed, t0)
+    model = backend.build(graph, params)
+    for g in groups:
+        common.log.info("[dcff] %s: keep %d of %d filters (%s)", g.name, g.m, g.n, ", ".join(g.members))
+    selector = Selector(ctx, model, groups, initial)
+    state = common.fit(ctx, model, cfg.train, "train", on_epoch=selector)
+    small, small_params = dcff.export(model.graph, backend.get_weights(model))
+    compact = backend.build(small, small_params)
+    x = splits.val.x[:256]
+    fused_logits = backend.forward(model, x)[0]
+    # float32 round-off of fusion @ W (in the framework) vs the exported product: relative to the logits' scale
+    gap = float(np.max(np.abs(fused_logits - backend.forward(compact, x)[0])) / max(1.0, np.max(np.abs(fused_logits))))
+    export = ctx.path("dcff.safetensors")
+    checkpoint.save_checkpoint(export, small, small_params,
+                               {"method": "dcff", "rates": rates, "schedule": cfg.dcff.schedule})
+    full = zoo.build(cfg.model.name, classes, shape)
+    rows = [{"model": "unpruned", **flops.summary(full)}, common.summary_row(ctx, "dcff compact", compact)]
+    selection = selector.record["epochs"]
+    print(print_table(rows, selection))
+    print(f"exported {export}; fused vs exported logits differ by {gap:.2e} (relative to the largest logit)")
+    metrics = {"backend": backend.name, "rows": rows, "rates": rates, "checkpoint": export,
+               "widths": {g.name: [g.n, g.m] for g in groups}, "export_max_diff": gap,
+               "best_epoch": state["best_epoch"], "selection": selection,
+               "mac_fraction": rows[1]["macs"] / rows[0]["macs"],
+               "param_fraction": rows[1]["params"] / rows[0]["params"]}
+    common.write_metrics(ctx, metrics)
+    return metrics
+
+
+def cli(argv=None) -> int:
+    return common.main(run, __doc__.splitlines()[0], "dcff_resnet20_digits.py", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
