@@ -58,12 +58,17 @@ class LossSpec:
 class OptimSpec:
     """SGD settings. ``lr_scale`` multiplies the step's learning rate per canonical parameter
     name (others get ``lr_scale_default``): Hinge searches with its sparsity matrices at
-    ``lr`` and the rest of the network at ``lr * 0.01``."""
+    ``lr`` and the rest of the network at ``lr * 0.01``. ``lr_group`` puts parameters in
+    named groups (others: ``"rest"``) whose rates :meth:`Trainer.set_lr_factors` can
+    multiply between steps; ``gradients_of`` names the parameters whose gradients
+    :meth:`Trainer.gradients` returns after each step (Hinge's gradient-ratio adjustment)."""
 
     momentum: float = 0.9
     nesterov: bool = True
     lr_scale: Mapping[str, float] = field(default_factory=dict)
     lr_scale_default: float = 1.0
+    lr_group: Mapping[str, str] = field(default_factory=dict)
+    gradients_of: tuple[str, ...] = ()
 
     def scales(self, names: Sequence[str]) -> dict[str, float]:
         """The learning-rate multiplier of every trainable parameter in ``names``."""
@@ -71,6 +76,13 @@ class OptimSpec:
         if unknown:
             raise UserError(f"lr_scale names parameters the model does not train: {unknown[:3]}")
         return {k: float(self.lr_scale.get(k, self.lr_scale_default)) for k in names}
+
+    def groups(self, names: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """``(group, scale)`` of every trainable parameter in ``names``; also checks the other fields."""
+        unknown = sorted((set(self.lr_group) | set(self.gradients_of)) - set(names))
+        if unknown:
+            raise UserError(f"lr_group / gradients_of name parameters the model does not train: {unknown[:3]}")
+        return {k: (self.lr_group.get(k, "rest"), s) for k, s in self.scales(names).items()}
 
 
 class Model(abc.ABC):
@@ -90,6 +102,15 @@ class Trainer(abc.ABC):
         Returns the value of every active loss term and ``loss`` (their sum),
         computed before the update.
         """
+
+    @abc.abstractmethod
+    def set_lr_factors(self, factors: Mapping[str, float]) -> None:
+        """Multiply the rate of every parameter of group ``g`` (``OptimSpec.lr_group``) by
+        ``factors[g]`` from the next step on (groups not named keep their factor; start: 1)."""
+
+    @abc.abstractmethod
+    def gradients(self) -> dict[str, np.ndarray]:
+        """The gradients of the last step's loss for ``OptimSpec.gradients_of`` (canonical layout)."""
 
     @abc.abstractmethod
     def set_projection(self, projection: np.ndarray) -> None:

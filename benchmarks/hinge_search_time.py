@@ -1,12 +1,13 @@
 """Time of one Hinge search epoch relative to one plain training epoch (target: at most 1.3x).
 
-``PYTHONPATH=. python benchmarks/hinge_search_time.py [--backends torch tf] [--repeats 3] [--model resnet20]``
+``python benchmarks/hinge_search_time.py [--backends torch tf] [--repeats 3] [--model resnet20]``
 
 Plain and search epochs train the same network with the sparsity matrices attached
 (and "original" the network without them), over the digits training split at batch
 64. The search epoch adds what Hinge adds: the
-per-parameter learning rates and, after every step, reading the matrices, the
-numpy proximal step and writing them back. Epochs are timed in turns (plain, search,
+per-parameter learning rates, the matrices' gradients returned by every step and
+the gradient-ratio rate adjustment (``p1``, on for ResNets) and, after every step,
+reading the matrices, the numpy proximal step and writing them back. Epochs are timed in turns (plain, search,
 plain, ...) so that the load of a shared machine weighs on both alike; the table
 shows medians and their ratio, measured in one run.
 """
@@ -50,10 +51,8 @@ def measure(backend_name: str, model_name: str, repeats: int) -> tuple[float, ..
     loss = LossSpec(weight_decay=1e-4)
     plain = b.trainer(plain_model, loss, OptimSpec(0.9, False))
     original = b.trainer(b.build(g, init_params(g, 0)), loss, OptimSpec(0.9, False))
-    names = hinge.param_names(place)
     runner = hinge_method.Search(ctx, search_model, place, flops.count_macs(g), params)
-    search = b.trainer(search_model, loss, OptimSpec(0.9, False, lr_scale=dict.fromkeys(names, 1.0),
-                                                     lr_scale_default=cfg.hinge.lr_ratio))
+    search = b.trainer(search_model, loss, runner.optim())
     epoch(original, splits, 64)  # warm-up: graph building, allocator
     epoch(plain, splits, 64)
     epoch(search, splits, 64, runner.on_step)

@@ -102,7 +102,8 @@ def tucker2_conv(graph: Graph, params, layer: str, ranks: Sequence[int] | None =
 def cp_conv(graph: Graph, params, layer: str, rank: int | None = None, rule: str = "vbmf",
             factors: lowrank.CPFactors | None = None, weakening: float = 0.0, **cp_kw) -> Replacement:
     """CP sequence of ungrouped conv ``layer``: from ``factors``, or ``lowrank.cp`` at ``rank``
-    (``None``: :func:`compress_core.lowrank.cp_rank` with ``rule``, weakened toward ``max(out, in)``)."""
+    (``None``: :func:`compress_core.lowrank.cp_rank` with ``rule``, weakened toward ``max(out, in)``,
+    at most :func:`compress_core.lowrank.cp_max_rank`)."""
     node = _layer(graph, layer, "conv")
     a = node.attrs
     if a["groups"] != 1:
@@ -110,7 +111,8 @@ def cp_conv(graph: Graph, params, layer: str, rank: int | None = None, rule: str
     w = params[f"{layer}.weight"]
     if factors is None:
         if rank is None:
-            rank = lowrank.weaken(lowrank.cp_rank(w, rule), max(w.shape[:2]), weakening)
+            rank = min(lowrank.weaken(lowrank.cp_rank(w, rule), max(w.shape[:2]), weakening),
+                       lowrank.cp_max_rank(w.shape))
         if rank == 0:
             raise Skip("CP rank 0: nothing above the noise level")
         factors = lowrank.cp(w, rank, **cp_kw)

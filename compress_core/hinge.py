@@ -49,6 +49,10 @@ from compress_core.graph import Graph, Node, conv_node
 #: ``l21`` (group lasso, the paper; the reference's ``'l1'``) or ``l1/2`` (the reference's ``'l1d2'``)
 PENALTIES = group_sparsity.PENALTIES
 INITS = ("auto", "svd2", "identity", "pretrained")
+#: the search's learning-rate adjustment: auto (p1 for the two-family placements, as the reference), p1, none
+LR_ADJUST = ("auto", "p1", "none")
+#: placements whose reference scripts adjust the rates by the gradient ratio (the "resnet" nets)
+P1_FAMILIES = ("basic", "bottleneck", "wrn")
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,24 @@ def regulariser(params, place: Placement, family: int = 1) -> float:
     if not values:
         return 0.0
     return float(np.mean(values)) if place.reg_reduce == "mean" else float(np.sum(values))
+
+
+def gradient_norm_sums(grads: Mapping[str, np.ndarray], place: Placement) -> tuple[float, float]:
+    """``sum_{l,g} ||grad A_{l,g}||`` of family 1 and of family 2, groups along each matrix's axes
+    (the two inputs of :class:`compress_core.group_sparsity.GradRatio`)."""
+    sums = [0.0, 0.0]
+    for s in place.sparse:
+        sums[s.family - 1] += float(sum(v.sum() for v in group_norms(grads, s).values()))
+    return sums[0], sums[1]
+
+
+def lr_adjusted(place: Placement, lr_adjust: str) -> bool:
+    """Whether the search adjusts its rates by the gradient ratio; p1 needs two matrix families."""
+    if lr_adjust == "auto":
+        return place.family in P1_FAMILIES
+    if lr_adjust == "p1" and not any(s.family == 2 for s in place.sparse):
+        raise UserError(f"hinge.lr_adjust=p1 needs two matrix families; the {place.family} placement has one")
+    return lr_adjust == "p1"
 
 
 def balancing(params, place: Placement) -> dict[tuple[str, str], float]:

@@ -230,19 +230,28 @@ def cp_reconstruct(out, inp, h, w) -> np.ndarray:
     return np.einsum("tr,sr,ir,jr->tsij", out, inp, h, w, optimize=True)
 
 
+def cp_max_rank(shape) -> int:
+    """``prod(shape) // max(shape)``: every tensor of ``shape`` is a sum of that many rank-one
+    terms (the slices along its longest mode), so no larger CP rank is needed."""
+    return int(np.prod(shape)) // max(shape)
+
+
 def cp_rank(weight, rule: str = "vbmf") -> int:
-    """CP rank of an OIHW kernel by ``rule``.
+    """CP rank of an OIHW kernel by ``rule``, at most :func:`cp_max_rank`.
 
     ``"vbmf"``: ``max(tucker2_ranks(weight))`` (a CP rank is at least every
     multilinear rank); ``"seed"``: ``max(weight.shape) // 3``, the heuristic of the
-    reference code (Lebedev et al. chose ranks by hand).
+    reference code (Lebedev et al. chose ranks by hand). Either can exceed the bound
+    for a kernel with few input channels (a first conv): it is then capped.
     """
     w = _kernel(weight)
     if rule == "vbmf":
-        return max(tucker2_ranks(w))
-    if rule == "seed":
-        return max(w.shape) // 3
-    raise UserError(f"unknown CP rank rule '{rule}' (choose vbmf or seed)")
+        r = max(tucker2_ranks(w))
+    elif rule == "seed":
+        r = max(w.shape) // 3
+    else:
+        raise UserError(f"unknown CP rank rule '{rule}' (choose vbmf or seed)")
+    return min(r, cp_max_rank(w.shape))
 
 
 def cp(weight, rank, n_iter_max: int = 200, tol: float = 1e-8, seed: int = 0,
@@ -259,7 +268,7 @@ def cp(weight, rank, n_iter_max: int = 200, tol: float = 1e-8, seed: int = 0,
     from tensorly.decomposition import parafac
 
     w = _kernel(weight)
-    r = check_rank(rank, int(np.prod(w.shape)) // max(w.shape), "CP")
+    r = check_rank(rank, cp_max_rank(w.shape), "CP")
     norm = float(np.linalg.norm(w))
     if norm == 0.0:
         raise UserError("CP of an all-zero weight")

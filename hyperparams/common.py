@@ -214,14 +214,14 @@ def validate_dcff(cfg) -> None:
                             f"an unpruned '{cfg.model.name}'")
 
 
-def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l1", anneal: float = 2.0, anneal_t1: float = 10.0,
+def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l21", anneal: float = 2.0, anneal_t1: float = 10.0,
           anneal_t2: float = 5.0, threshold: float = 5e-3, stop_limit: float = 0.1, init: str = "auto",
           layer_balancing: bool = True, same_ratio: bool = True, lr_ratio: float = 0.01, distill: bool = True,
           teacher: str = "") -> ConfigDict:
     return ConfigDict({
         "teacher": teacher,          # trained checkpoint to compress; empty: train one with the `train` section
         "ratio": ratio,              # target: compressed MACs / MACs of the network before Hinge, in (0, 1]
-        "penalty": penalty,          # l1 (group l2,1 soft-thresholding, the paper) or l1d2 (group l1/2)
+        "penalty": penalty,          # l21 (group l2,1 soft-thresholding, the paper) or l1/2 (group half-thresholding)
         "reg": reg,                  # lambda: the prox threshold of matrix l is lr * lambda_eff * w_l
         "anneal": anneal,            # f: lambda_eff = lambda, lambda/f, lambda/f^2 as the family-1 regulariser
         "anneal_t1": anneal_t1,      #   falls below t1, then t2 (0: no annealing)
@@ -234,6 +234,9 @@ def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l1", anneal: float = 
         "layer_balancing": layer_balancing,  # w_l = mean group norm of matrix l at init (else 1)
         "same_ratio": same_ratio,    # a block's 2nd matrix keeps as many groups as its 1st
         "lr_ratio": lr_ratio,        # searching: matrices at lr, the rest of the network at lr * lr_ratio
+        "lr_adjust": "auto",         # p1: rates of the rest and the 1st matrices / rho^1.35 (rho: gradient-norm
+                                     #   ratio of the two matrix families, every step); none; auto: p1 where the
+                                     #   reference uses it (ResNet basic, bottleneck, WRN)
         "distill": distill,          # fine-tune with 0.6 CE + 0.4 T^2 KL(teacher || student) at T = 4
         "kd_weight": 0.4,
         "ce_weight": 0.6,
@@ -261,5 +264,12 @@ def validate_hinge(cfg) -> None:
     check_range(cfg, "hinge.remain", 0.0, 1.0, hi_inclusive=True)
     check_positive(cfg, "hinge.tolerance")
     check_range(cfg, "hinge.lr_ratio", 0.0, None)
+    check_choice(cfg, "hinge.lr_adjust", list(hinge.LR_ADJUST))
     hinge.check_mapping(checkpoint.load_checkpoint(cfg.hinge.teacher)[0].arch if cfg.hinge.teacher
                         else cfg.model.name)
+    if cfg.hinge.lr_adjust == "p1":
+        from compress_core import zoo
+
+        graph = (checkpoint.load_checkpoint(cfg.hinge.teacher)[0] if cfg.hinge.teacher
+                 else zoo.build(cfg.model.name, 10, (3, 32, 32)))
+        hinge.lr_adjusted(hinge.placement(graph), "p1")

@@ -52,7 +52,7 @@ def get_config():
 
 def validate(cfg) -> None:
     """Choices, and every named layer and rank checked against the model before anything runs."""
-    from compress_core import zoo
+    from compress_core import lowrank, zoo
     from compress_core.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
 
@@ -86,7 +86,7 @@ def validate(cfg) -> None:
         if node.op == "conv" and d.method == "tucker2":
             dims = (shape[0] // node.attrs["groups"], shape[1])
         elif node.op == "conv":
-            dims = (shape[0] * shape[1] * shape[2] * shape[3] // max(shape),)
+            dims = (lowrank.cp_max_rank(shape),)
         else:
             dims = (min(shape),)
         for r, dim in zip(ranks, dims):

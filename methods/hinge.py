@@ -19,6 +19,7 @@ threshold, the ratio and the per-layer table), ``finetune/``, ``hinge.safetensor
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from backends.base import LossSpec, OptimSpec
 from compress_core import checkpoint, flops, group_sparsity, hinge
+from compress_core.fileio import atomic_write_json
 from methods import common
 
 
@@ -41,11 +43,30 @@ class Search:
         self.weights = hinge.balancing(initial, place) if h.layer_balancing else None
         self.lam = h.reg
         self.ratios: list[dict] = []
+        self.p1 = hinge.lr_adjusted(place, h.lr_adjust)
+        self.grad_ratio = group_sparsity.GradRatio()
+        self.grad_ratio_path = ctx.path("search", "grad_ratio.json")
+        if self.p1 and os.path.exists(self.grad_ratio_path):  # a resumed search continues with its rho
+            with open(self.grad_ratio_path) as f:
+                vars(self.grad_ratio).update(json.load(f))
+
+    def optim(self) -> OptimSpec:
+        """Matrices at ``lr``, the rest at ``lr * lr_ratio``; with p1, the two families in their own
+        rate groups and their gradients returned after every step."""
+        s, fam = self.ctx.cfg.search, {f"{x.node}.weight": f"a{x.family}" for x in self.place.sparse}
+        return OptimSpec(s.momentum, s.nesterov, lr_scale=dict.fromkeys(self.names, 1.0),
+                         lr_scale_default=self.h.lr_ratio, lr_group=fam if self.p1 else {},
+                         gradients_of=tuple(fam) if self.p1 else ())
 
     def on_step(self, lr: float, trainer) -> None:
         b = self.ctx.backend
         params = b.get_weights(self.model, self.names)
         h = self.h
+        if self.p1:
+            # the next step's rates (the reference adjusts the current one: one step of lag); the prox
+            # below always uses the unscaled rate of the second family, as the reference
+            self.grad_ratio.update(*hinge.gradient_norm_sums(trainer.gradients(), self.place))
+            trainer.set_lr_factors(self.factors())
         if h.anneal:
             self.lam = group_sparsity.anneal(h.reg, hinge.regulariser(params, self.place), h.anneal,
                                              h.anneal_t1, h.anneal_t2)
@@ -57,14 +78,25 @@ class Search:
         return hinge.mac_ratio(self.model.graph, params, self.place, self.h.threshold, self.base_macs,
                                self.h.remain, self.h.same_ratio)
 
+    def factors(self) -> dict[str, float]:
+        sc = self.grad_ratio.scales()
+        return {"rest": sc["rest"], "a1": sc["a1"]}
+
     def on_epoch(self, epoch: int, trainer) -> bool:
         """Log the MAC ratio at the initial threshold; True (stop) once it is within ``stop_limit``."""
+        if self.p1:
+            trainer.set_lr_factors(self.factors())
+            atomic_write_json(self.grad_ratio_path, vars(self.grad_ratio))
         if epoch == 0:
             return False
         r = self.ratio()
-        self.ratios.append({"epoch": epoch, "mac_ratio_at_tau0": r, "lambda": self.lam})
-        common.log.info("[search] after epoch %d: MAC ratio at tau0=%g is %.4f (target %.4f, stop at %.4f)",
-                        epoch, self.h.threshold, r, self.h.ratio, self.h.ratio + self.h.stop_limit)
+        row = {"epoch": epoch, "mac_ratio_at_tau0": r, "lambda": self.lam}
+        if self.p1:
+            row["grad_ratio"] = self.grad_ratio.rho
+        self.ratios.append(row)
+        common.log.info("[search] after epoch %d: MAC ratio at tau0=%g is %.4f (target %.4f, stop at %.4f)%s",
+                        epoch, self.h.threshold, r, self.h.ratio, self.h.ratio + self.h.stop_limit,
+                        f", gradient ratio {self.grad_ratio.rho:.3f}" if self.p1 else "")
         return r - self.h.ratio <= self.h.stop_limit
 
 
@@ -88,9 +120,10 @@ def search(ctx: common.Context, teacher) -> tuple[object, hinge.Placement, list[
                     len(place.sparse), place.family, gap)
     base = flops.count_macs(teacher.graph)
     runner = Search(ctx, model, place, base, params)
-    s = ctx.cfg.search
-    optim = OptimSpec(s.momentum, s.nesterov, lr_scale=dict.fromkeys(runner.names, 1.0), lr_scale_default=h.lr_ratio)
-    state = common.fit(ctx, model, s, "search", on_step=runner.on_step, on_epoch=runner.on_epoch, optim=optim)
+    if runner.p1:
+        common.log.info("[search] learning rates adjusted by the gradient ratio of the two matrix families (p1)")
+    state = common.fit(ctx, model, ctx.cfg.search, "search", on_step=runner.on_step, on_epoch=runner.on_epoch,
+                       optim=runner.optim())
     stopped = "stopped" in state
     # compression starts from the search's last state, not from its best validation epoch
     b.set_weights(model, checkpoint.load_checkpoint(ctx.path("search", "last.safetensors"))[1])

@@ -341,14 +341,22 @@ class TFTrainer(Trainer):
                                 "feature_weight are all 0)")
             total = tf.add_n(list(terms.values())) if len(terms) > 1 else tf.identity(terms[next(iter(terms))])
             self._fetch = dict(terms, loss=total)
-            # one optimiser per learning-rate multiplier (OptimSpec.lr_scale), one gradient pass
-            scales = optim.scales(model.trainable)
-            opts = {s: _V1.train.MomentumOptimizer(self._lr if s == 1.0 else self._lr * s, float(optim.momentum),
-                                                   use_nesterov=bool(optim.nesterov))
-                    for s in dict.fromkeys(scales.values())}
-            owner = {k: opts[s] for k, s in scales.items()}
+            # one optimiser per (lr group, multiplier) (OptimSpec.lr_group / lr_scale), one gradient pass;
+            # a group's factor (set_lr_factors) is fed with every step, 1 by default
+            groups = optim.groups(model.trainable)
+            self._factor = {g: _V1.placeholder_with_default(1.0, [], name=f"lr_factor_{i}")
+                            for i, g in enumerate(dict.fromkeys(g for g, _ in groups.values()))}
+            self._factors: dict[str, float] = {}
+
+            opts = {(g, s): _V1.train.MomentumOptimizer((self._lr if s == 1.0 else self._lr * s) * self._factor[g],
+                                                        float(optim.momentum), use_nesterov=bool(optim.nesterov))
+                    for g, s in dict.fromkeys(groups.values())}
+            owner = {k: opts[key] for k, key in groups.items()}
             var_list = [model.variables[k] for k in model.trainable]
             grads = next(iter(opts.values())).compute_gradients(total, var_list)
+            index = {k: i for i, k in enumerate(model.trainable)}
+            self._grads = {k: grads[index[k]][0] for k in optim.gradients_of}
+            self._last_grads: dict[str, np.ndarray] = {}
             # the fetched terms come from pre-update values
             with tf.control_dependencies(list(self._fetch.values())):
                 apply = tf.group(*[o.apply_gradients([gv for gv, k in zip(grads, model.trainable) if owner[k] is o])
@@ -386,8 +394,19 @@ class TFTrainer(Trainer):
                 raise UserError("the loss has a feature term but no projection or target was given")
             feed[self._P] = self._projection
             feed[self._target] = np.asarray(feature_target, np.float32)
-        _, values = m.session.run([self._train_op, self._fetch], feed_dict=feed)
+        feed.update({self._factor[g]: f for g, f in self._factors.items()})
+        _, values, grads = m.session.run([self._train_op, self._fetch, self._grads], feed_dict=feed)
+        self._last_grads = {k: layout.from_tf(k, v) for k, v in grads.items()}
         return {k: float(v) for k, v in values.items()}
+
+    def set_lr_factors(self, factors: Mapping[str, float]) -> None:
+        unknown = sorted(set(factors) - set(self._factor))
+        if unknown:
+            raise UserError(f"set_lr_factors: no lr group {unknown[0]!r} (groups: {sorted(self._factor)})")
+        self._factors.update({g: float(f) for g, f in factors.items()})
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._last_grads.items()}
 
     def state(self) -> dict[str, np.ndarray]:
         values = self.model.session.run(self._slots)

@@ -139,20 +139,36 @@ def _tensors(module: GraphModule) -> dict[str, torch.Tensor]:
     return out
 
 
+def _grad(t: torch.Tensor) -> np.ndarray:
+    return np.zeros(tuple(t.shape), np.float32) if t.grad is None else t.grad.detach().cpu().numpy().copy()
+
+
 class TorchTrainer(Trainer):
     def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec):
         self.model, self.loss = model, loss
         self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
         self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
         # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
-        by_scale: dict[float, list] = {}  # one param group per learning-rate multiplier
-        for k, s in optim.scales(list(self.named)).items():
-            by_scale.setdefault(s, []).append(self.named[k])
-        self.opt = torch.optim.SGD([{"params": ts, "lr_scale": s} for s, ts in by_scale.items()], lr=0.0,
-                                   momentum=optim.momentum, nesterov=optim.nesterov)
+        by_group: dict[tuple[str, float], list] = {}  # one param group per (lr group, multiplier)
+        for k, key in optim.groups(list(self.named)).items():
+            by_group.setdefault(key, []).append(self.named[k])
+        self.opt = torch.optim.SGD([{"params": ts, "lr_group": g, "lr_scale": s} for (g, s), ts in by_group.items()],
+                                   lr=0.0, momentum=optim.momentum, nesterov=optim.nesterov)
+        self.factors: dict[str, float] = {}
+        self.grad_names, self.last_grads = tuple(optim.gradients_of), {}
         self.projection = None
         if loss.feature_weight:
             model.graph[loss.feature_tap]  # a clear error for an unknown tap
+
+    def set_lr_factors(self, factors):
+        known = {group["lr_group"] for group in self.opt.param_groups}
+        unknown = sorted(set(factors) - known)
+        if unknown:
+            raise UserError(f"set_lr_factors: no lr group {unknown[0]!r} (groups: {sorted(known)})")
+        self.factors.update({g: float(f) for g, f in factors.items()})
+
+    def gradients(self):
+        return dict(self.last_grads)
 
     def set_projection(self, projection):
         self.projection = torch.as_tensor(np.asarray(projection, np.float32), device=self.model.device)
@@ -184,9 +200,10 @@ class TorchTrainer(Trainer):
             terms["feature"] = spec.feature_weight * ((z - t) ** 2).mean()
         total = sum(terms.values())
         for group in self.opt.param_groups:
-            group["lr"] = float(lr) * group["lr_scale"]
+            group["lr"] = float(lr) * group["lr_scale"] * self.factors.get(group["lr_group"], 1.0)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
+        self.last_grads = {k: _grad(self.named[k]) for k in self.grad_names}
         self.opt.step()
         m.module.eval()
         out = {k: float(v.detach()) for k, v in terms.items()}

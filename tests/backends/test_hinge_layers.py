@@ -111,3 +111,34 @@ def test_lr_scale_sets_each_parameters_rate_and_backends_agree(backends):
         assert close(out["torch"]["scaled"][k], out["tf"]["scaled"][k]) < 1e-5
     with pytest.raises(UserError, match="does not train"):
         backends["torch"].trainer(backends["torch"].build(g, params), LossSpec(), OptimSpec(lr_scale={"nope": 1.0}))
+
+
+def test_lr_factors_change_a_groups_rate_and_gradients_are_the_steps_own(backends):
+    """Hinge's gradient-ratio adjustment needs both: the factor scales only its group's step, and
+    ``gradients()`` returns the gradient the step used (first SGD step: ``w1 = w0 - lr g``)."""
+    g = tiny_graph()
+    params = trained_like(g, seed=7)
+    x, y = np.random.default_rng(3).normal(size=(16, 3, 9, 10)).astype(np.float32), np.arange(16) % 5
+    names = ["c1.weight", "out.weight"]
+    spec = OptimSpec(0.9, False, lr_group={"c1.weight": "a"}, gradients_of=tuple(names))
+    grads = {}
+    for name, b in backends.items():
+        m = b.build(g, params)
+        t = b.trainer(m, LossSpec(weight_decay=1e-4), spec)
+        t.step(x, y, 0.1)
+        moved = b.get_weights(m, names)
+        grads[name] = t.gradients()
+        for k in names:
+            assert np.allclose(grads[name][k], (params[k] - moved[k]) / 0.1, atol=1e-4)
+        m2 = b.build(g, params)
+        t2 = b.trainer(m2, LossSpec(weight_decay=1e-4), spec)
+        t2.set_lr_factors({"a": 0.5})
+        t2.step(x, y, 0.1)
+        half = b.get_weights(m2, names)
+        assert np.allclose(half["c1.weight"] - params["c1.weight"], 0.5 * (moved["c1.weight"] - params["c1.weight"]),
+                           atol=1e-6)
+        assert np.allclose(half["out.weight"], moved["out.weight"], atol=1e-6)  # group "rest": unchanged
+        with pytest.raises(UserError, match="no lr group"):
+            t2.set_lr_factors({"nope": 2.0})
+    for k in names:
+        assert close(grads["torch"][k], grads["tf"][k]) < 1e-5

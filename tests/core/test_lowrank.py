@@ -134,6 +134,17 @@ def test_cp_finds_exact_factors_reproducibly():
         lowrank.cp_rank(w, "guess")
 
 
+def test_rule_ranks_of_a_first_conv_are_capped_at_the_exact_cp_rank():
+    """A 1-channel 3x3 kernel [64, 1, 3, 3] is the sum of its 9 spatial slices (rank <= 9), while
+    its Tucker-2 ranks (up to 64 by 1) and the seed rule (64 // 3 = 21) ask for more: capped, not an error."""
+    w = np.random.default_rng(4).normal(size=(64, 1, 3, 3))
+    assert lowrank.cp_max_rank(w.shape) == 9
+    assert lowrank.cp_rank(w, "seed") == 9
+    assert lowrank.cp_rank(w, "vbmf") <= 9
+    f = lowrank.cp(w, 9)
+    assert f.error < 1e-3  # rank 9 is exact; ALS gets close
+
+
 def _net(cout=16, groups=1):
     nodes = [Node("input", "input"), conv_node("c", "input", cout, groups=groups), Node("pool", "gap", ("c",)),
              Node("fc", "dense", ("pool",), {"out": 10, "bias": True})]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from compress_core import checkpoint, flops
+from compress_core import checkpoint, config, flops
 from methods import common
 from methods import hinge as hinge_method
 from tests.conftest import digits_teacher
@@ -47,12 +47,19 @@ def test_hinge_end_to_end(backend_name, runs):
     assert flops.count_macs(g) == m["rows"][2]["macs"] and "layer1.0.conv1.hinge" in g
     log = (work / "log.txt").read_text()
     assert "MAC ratio at tau0" in log and "threshold search" in log
+    # ResNet basic blocks: the gradient-ratio adjustment (p1) ran after every search step
+    steps = -(-len(common.load_data(config.load_config(CONFIG)).train) // 128)  # one search epoch at batch 128
+    rho = json.loads((work / "search" / "grad_ratio.json").read_text())
+    assert rho["updates"] == steps
+    assert 5 / 9 <= m["search"][0]["grad_ratio"] == rho["rho"] <= 9 / 5
 
 
 @pytest.mark.parity
 def test_tf_and_torch_reach_the_same_widths(runs):
     widths = {name: [(r["layer"], r["width_after"]) for r in m["layers"]] for name, (_, _, m) in runs.items()}
     assert widths["torch"] == widths["tf"]
+    rho = [m["search"][0]["grad_ratio"] for _, _, m in runs.values()]
+    assert rho[0] == pytest.approx(rho[1], rel=1e-3)
     assert runs["torch"][2]["rows"][2]["macs"] == runs["tf"][2]["rows"][2]["macs"]
 
 
@@ -69,6 +76,8 @@ BAD = {
     "ratio above 1": (["--config.hinge.ratio=1.5"], "hinge.ratio"),
     "unknown penalty": (["--config.hinge.penalty=l3"], "hinge.penalty"),
     "architecture without a mapping": (["--config.model.name=resnet50"], "'resnet50' has no Hinge mapping"),
+    "p1 with one matrix family": (["--config.model.name=vgg16", "--config.hinge.lr_adjust=p1"], "two matrix families"),
+    "unknown lr adjustment": (["--config.hinge.lr_adjust=p2"], "hinge.lr_adjust"),
 }
 
 
