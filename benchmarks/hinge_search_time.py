@@ -1,6 +1,6 @@
 """Time of one Hinge search epoch relative to one plain training epoch (target: at most 1.3x).
 
-``python benchmarks/hinge_search_time.py [--backends torch tf] [--repeats 3] [--model resnet20]``
+``python benchmarks/hinge_search_time.py [--backends torch tf] [--repeats 3] [--model resnet20] [--size 32]``
 
 Plain and search epochs train the same network with the sparsity matrices attached
 (and "original" the network without them), over the digits training split at batch
@@ -40,9 +40,12 @@ def epoch(trainer, splits, batch: int, on_step=None) -> tuple[float, float]:
     return time.perf_counter() - start, extra
 
 
-def measure(backend_name: str, model_name: str, repeats: int) -> tuple[float, ...]:
+def measure(backend_name: str, model_name: str, repeats: int, size: int = 0) -> tuple[float, ...]:
     cfg = config.load_config(CONFIG, [f"model.name={model_name}"])
     splits = common.load_data(cfg)
+    if size:  # CIFAR-sized synthetic images instead of 8x8 digits, as many as the digits training split
+        ds = data.synthetic_dataset(len(splits.train), 10, (3, size, size), seed=0)
+        splits = data.DataSplits(ds, ds, ds, 10, np.zeros(3), np.ones(3))
     b = get_backend(backend_name)
     g = zoo.build(model_name, splits.num_classes, splits.train.x.shape[1:])
     graph, params, place = hinge.attach(g, init_params(g, 0))
@@ -71,9 +74,11 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", nargs="+", default=["torch", "tf"])
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=0, help="synthetic 3xSxS images instead of digits (e.g. 32)")
     a = ap.parse_args(argv)
-    rows = [(name, *measure(name, a.model, a.repeats)) for name in a.backends]
-    print(f"\n{a.model} with Hinge matrices, digits train split, batch 64; medians of {a.repeats} epochs")
+    rows = [(name, *measure(name, a.model, a.repeats, a.size)) for name in a.backends]
+    what = f"synthetic 3x{a.size}x{a.size} images" if a.size else "digits train split"
+    print(f"\n{a.model} with Hinge matrices, {what}, batch 64; medians of {a.repeats} epochs")
     print("original: the network without matrices; plain: with them, ordinary SGD; search: Hinge's epoch")
     print("prox s: the part of the search epoch spent reading, thresholding and writing the matrices")
     print(f"{'backend':<8}{'original s':>11}{'plain s':>9}{'search s':>10}{'prox s':>8}{'search/plain':>14}"

@@ -57,24 +57,35 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
     keys = sorted({(p.tap, level(p)) for p in points})
     shapes = model.graph.shapes()
     num = {"fine": fine_k, "coarse": int(groups.max()) + 1 if groups is not None else 0}
-    if c.scorer in STREAMING:
-        stats = {key: discriminant.ClassStats(num[key[1]], shapes[key[0]][0]) for key in keys}
-    else:
-        feats = {key: [] for key in keys}
     taps = sorted({t for t, _ in keys})
     batches = data.iterate_batches(ctx.splits.train, c.score_batch_size, False)
     total = data.num_batches(len(ctx.splits.train), c.score_batch_size)
-    stream = ctx.backend.stream_moments if c.scorer in STREAMING else ctx.backend.stream
-    for acts, y in tqdm(stream(model, batches, taps, c.bn_mode == "batch"), total=total,
-                        desc="scoring", leave=False, disable=None):
-        for key in keys:
-            if c.scorer in STREAMING:
-                stats[key].update_moments(*acts[key[0]], labels(key[1], y))
-            else:
-                feats[key].append((acts[key[0]], labels(key[1], y)))
+    bn_batch = c.bn_mode == "batch"
     if c.scorer in STREAMING:
-        result = {key: s.scores(c.scorer, c.ridge) for key, s in stats.items()}
+        # channels are scored independently, so the taps of one label level and one map size share one
+        # accumulator (their channels side by side): a few updates per batch instead of one per tap
+        positions = {t: int(np.prod(shapes[t][1:])) for t in taps}
+        bundles: dict[tuple[str, int], list[str]] = {}
+        for t, lvl in keys:
+            bundles.setdefault((lvl, positions[t]), []).append(t)
+        stats = {b: discriminant.ClassStats(num[b[0]], sum(shapes[t][0] for t in ts)) for b, ts in bundles.items()}
+        for acts, y in tqdm(ctx.backend.stream_moments(model, batches, taps, bn_batch), total=total,
+                            desc="scoring", leave=False, disable=None):
+            for (lvl, p), ts in bundles.items():
+                mean = np.concatenate([acts[t][0] for t in ts], axis=1)
+                m2 = np.concatenate([acts[t][1] for t in ts], axis=1)
+                stats[(lvl, p)].update_moments(mean, m2, p, labels(lvl, y))
+        result = {}
+        for b, ts in bundles.items():
+            scores = stats[b].scores(c.scorer, c.ridge)
+            bounds = np.cumsum([0] + [shapes[t][0] for t in ts])
+            result.update({(t, b[0]): scores[lo:hi] for t, lo, hi in zip(ts, bounds[:-1], bounds[1:])})
     else:
+        feats = {key: [] for key in keys}
+        for acts, y in tqdm(ctx.backend.stream(model, batches, taps, bn_batch), total=total,
+                            desc="scoring", leave=False, disable=None):
+            for key in keys:
+                feats[key].append((acts[key[0]], labels(key[1], y)))
         result = {key: discriminant.di_scores(np.concatenate([f for f, _ in v]), np.concatenate([y for _, y in v]),
                                              **({} if c.ridge is None else {"rho": c.ridge}))
                   for key, v in feats.items()}

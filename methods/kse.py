@@ -51,6 +51,12 @@ class ProjectingTrainer(Trainer):
     def set_projection(self, projection):
         self.inner.set_projection(projection)
 
+    def set_lr_factors(self, factors):
+        self.inner.set_lr_factors(factors)
+
+    def gradients(self):
+        return self.inner.gradients()
+
     def state(self):
         return self.inner.state()
 
