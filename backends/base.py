@@ -70,19 +70,33 @@ class OptimSpec:
     lr_group: Mapping[str, str] = field(default_factory=dict)
     gradients_of: tuple[str, ...] = ()
 
-    def scales(self, names: Sequence[str]) -> dict[str, float]:
-        """The learning-rate multiplier of every trainable parameter in ``names``."""
-        unknown = sorted(set(self.lr_scale) - set(names))
-        if unknown:
-            raise UserError(f"lr_scale names parameters the model does not train: {unknown[:3]}")
-        return {k: float(self.lr_scale.get(k, self.lr_scale_default)) for k in names}
-
     def groups(self, names: Sequence[str]) -> dict[str, tuple[str, float]]:
-        """``(group, scale)`` of every trainable parameter in ``names``; also checks the other fields."""
-        unknown = sorted((set(self.lr_group) | set(self.gradients_of)) - set(names))
+        """``(group, lr multiplier)`` of every trainable parameter in ``names``."""
+        unknown = sorted((set(self.lr_scale) | set(self.lr_group) | set(self.gradients_of)) - set(names))
         if unknown:
-            raise UserError(f"lr_group / gradients_of name parameters the model does not train: {unknown[:3]}")
-        return {k: (self.lr_group.get(k, "rest"), s) for k, s in self.scales(names).items()}
+            raise UserError(f"lr_scale / lr_group / gradients_of name parameters the model does not train: "
+                            f"{unknown[:3]}")
+        return {k: (self.lr_group.get(k, "rest"), float(self.lr_scale.get(k, self.lr_scale_default)))
+                for k in names}
+
+
+def check_lr_groups(factors: Mapping[str, float], known: Iterable[str]) -> dict[str, float]:
+    """``factors`` as floats if every key is a known lr group (``Trainer.set_lr_factors``)."""
+    known = sorted(set(known))
+    unknown = sorted(set(factors) - set(known))
+    if unknown:
+        raise UserError(f"set_lr_factors: no lr group {unknown[0]!r} (groups: {known})")
+    return {g: float(f) for g, f in factors.items()}
+
+
+def pick(live: Mapping[str, Any], names: Sequence[str] | None, arch: str) -> Mapping[str, Any]:
+    """``live`` restricted to ``names`` (``get_weights(model, names)``); None keeps everything."""
+    if names is None:
+        return live
+    missing = [k for k in names if k not in live]
+    if missing:
+        raise UserError(f"model '{arch}' has no parameter '{missing[0]}'")
+    return {k: live[k] for k in names}
 
 
 class Model(abc.ABC):

@@ -244,10 +244,14 @@ def group_norms(params: Mapping[str, np.ndarray], s: Sparse) -> dict[str, np.nda
     return out
 
 
+def _norm_sums(params, place: Placement, family: int) -> list[float]:
+    """``sum_g ||A_g||`` (over all axes) of every matrix of ``family``."""
+    return [float(sum(v.sum() for v in group_norms(params, s).values())) for s in place.sparse if s.family == family]
+
+
 def regulariser(params, place: Placement, family: int = 1) -> float:
     """``sum_g ||A_g||`` over the matrices of ``family`` (and axes), summed or averaged per placement."""
-    values = [float(sum(v.sum() for v in group_norms(params, s).values()))
-              for s in place.sparse if s.family == family]
+    values = _norm_sums(params, place, family)
     if not values:
         return 0.0
     return float(np.mean(values)) if place.reg_reduce == "mean" else float(np.sum(values))
@@ -256,10 +260,7 @@ def regulariser(params, place: Placement, family: int = 1) -> float:
 def gradient_norm_sums(grads: Mapping[str, np.ndarray], place: Placement) -> tuple[float, float]:
     """``sum_{l,g} ||grad A_{l,g}||`` of family 1 and of family 2, groups along each matrix's axes
     (the two inputs of :class:`compress_core.group_sparsity.GradRatio`)."""
-    sums = [0.0, 0.0]
-    for s in place.sparse:
-        sums[s.family - 1] += float(sum(v.sum() for v in group_norms(grads, s).values()))
-    return sums[0], sums[1]
+    return float(sum(_norm_sums(grads, place, 1))), float(sum(_norm_sums(grads, place, 2)))
 
 
 def lr_adjusted(place: Placement, lr_adjust: str) -> bool:

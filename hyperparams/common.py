@@ -265,11 +265,10 @@ def validate_hinge(cfg) -> None:
     check_positive(cfg, "hinge.tolerance")
     check_range(cfg, "hinge.lr_ratio", 0.0, None)
     check_choice(cfg, "hinge.lr_adjust", list(hinge.LR_ADJUST))
-    hinge.check_mapping(checkpoint.load_checkpoint(cfg.hinge.teacher)[0].arch if cfg.hinge.teacher
-                        else cfg.model.name)
+    teacher = checkpoint.load_checkpoint(cfg.hinge.teacher)[0] if cfg.hinge.teacher else None
+    hinge.check_mapping(teacher.arch if teacher is not None else cfg.model.name)
     if cfg.hinge.lr_adjust == "p1":
         from compress_core import zoo
 
-        graph = (checkpoint.load_checkpoint(cfg.hinge.teacher)[0] if cfg.hinge.teacher
-                 else zoo.build(cfg.model.name, 10, (3, 32, 32)))
+        graph = teacher if teacher is not None else zoo.build(cfg.model.name, 10, (3, 32, 32))
         hinge.lr_adjusted(hinge.placement(graph), "p1")

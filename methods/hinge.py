@@ -66,7 +66,7 @@ class Search:
             # the next step's rates (the reference adjusts the current one: one step of lag); the prox
             # below always uses the unscaled rate of the second family, as the reference
             self.grad_ratio.update(*hinge.gradient_norm_sums(trainer.gradients(), self.place))
-            trainer.set_lr_factors(self.factors())
+            trainer.set_lr_factors(self.grad_ratio.scales())
         if h.anneal:
             self.lam = group_sparsity.anneal(h.reg, hinge.regulariser(params, self.place), h.anneal,
                                              h.anneal_t1, h.anneal_t2)
@@ -78,14 +78,10 @@ class Search:
         return hinge.mac_ratio(self.model.graph, params, self.place, self.h.threshold, self.base_macs,
                                self.h.remain, self.h.same_ratio)
 
-    def factors(self) -> dict[str, float]:
-        sc = self.grad_ratio.scales()
-        return {"rest": sc["rest"], "a1": sc["a1"]}
-
     def on_epoch(self, epoch: int, trainer) -> bool:
         """Log the MAC ratio at the initial threshold; True (stop) once it is within ``stop_limit``."""
         if self.p1:
-            trainer.set_lr_factors(self.factors())
+            trainer.set_lr_factors(self.grad_ratio.scales())
             atomic_write_json(self.grad_ratio_path, vars(self.grad_ratio))
         if epoch == 0:
             return False

@@ -21,7 +21,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from backends.base import Backend, LossSpec, Model, OptimSpec, Trainer
+from backends.base import (
+    Backend,
+    LossSpec,
+    Model,
+    OptimSpec,
+    Trainer,
+    check_lr_groups,
+    pick,
+)
 from compress_core import layout
 from compress_core.checkpoint import check_params
 from compress_core.errors import UserError
@@ -348,7 +356,6 @@ class TFTrainer(Trainer):
             self._factor = {g: _V1.placeholder_with_default(1.0, [], name=f"lr_factor_{i}")
                             for i, g in enumerate(dict.fromkeys(g for g, _ in groups.values()))}
             self._factors: dict[str, float] = {}
-
             opts = {(g, s): _V1.train.MomentumOptimizer((self._lr if s == 1.0 else self._lr * s) * self._factor[g],
                                                         float(optim.momentum), use_nesterov=bool(optim.nesterov))
                     for g, s in dict.fromkeys(groups.values())}
@@ -401,10 +408,7 @@ class TFTrainer(Trainer):
         return {k: float(v) for k, v in values.items()}
 
     def set_lr_factors(self, factors: Mapping[str, float]) -> None:
-        unknown = sorted(set(factors) - set(self._factor))
-        if unknown:
-            raise UserError(f"set_lr_factors: no lr group {unknown[0]!r} (groups: {sorted(self._factor)})")
-        self._factors.update({g: float(f) for g, f in factors.items()})
+        self._factors.update(check_lr_groups(factors, self._factor))
 
     def gradients(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self._last_grads.items()}
@@ -467,13 +471,7 @@ class TFBackend(Backend):
 
     def get_weights(self, model: TFModel, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """All parameters and buffers, or only those in ``names`` (a proximal step reads a few per step)."""
-        fetch = model.variables
-        if names is not None:
-            missing = [k for k in names if k not in fetch]
-            if missing:
-                raise UserError(f"model '{model.graph.arch}' has no parameter '{missing[0]}'")
-            fetch = {k: fetch[k] for k in names}
-        values = model.session.run(fetch)
+        values = model.session.run(pick(model.variables, names, model.graph.arch))
         return {k: layout.from_tf(k, v).astype(np.float32, copy=False) for k, v in values.items()}
 
     def set_weights(self, model: TFModel, params: Mapping[str, np.ndarray], strict: bool = True) -> None:

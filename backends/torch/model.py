@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends.base import Backend, LossSpec, Model, OptimSpec, Trainer
+from backends.base import (
+    Backend,
+    LossSpec,
+    Model,
+    OptimSpec,
+    Trainer,
+    check_lr_groups,
+    pick,
+)
 from compress_core.checkpoint import check_params
 from compress_core.errors import UserError
 from compress_core.graph import Graph
@@ -65,11 +73,11 @@ class GraphModule(nn.Module):
         for n in graph.nodes:
             a = n.attrs
             cin = shapes[n.inputs[0]][0] if n.inputs else None
-            if n.op == "conv":
+            if n.op == "conv" and "fused_from" in a:
+                layers[_key(n.name)] = FusedConv2d(cin, a)
+            elif n.op == "conv":
                 layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"],
                                                  a["dilation"], a["groups"], a["bias"])
-                if "fused_from" in a:
-                    layers[_key(n.name)] = FusedConv2d(cin, a)
             elif n.op == "dense":
                 layers[_key(n.name)] = nn.Linear(cin, a["out"], a["bias"])
             elif n.op == "diagonal":
@@ -161,11 +169,7 @@ class TorchTrainer(Trainer):
             model.graph[loss.feature_tap]  # a clear error for an unknown tap
 
     def set_lr_factors(self, factors):
-        known = {group["lr_group"] for group in self.opt.param_groups}
-        unknown = sorted(set(factors) - known)
-        if unknown:
-            raise UserError(f"set_lr_factors: no lr group {unknown[0]!r} (groups: {sorted(known)})")
-        self.factors.update({g: float(f) for g, f in factors.items()})
+        self.factors.update(check_lr_groups(factors, (group["lr_group"] for group in self.opt.param_groups)))
 
     def gradients(self):
         return dict(self.last_grads)
@@ -242,12 +246,7 @@ class TorchBackend(Backend):
 
     def get_weights(self, model, names=None):
         """All parameters and buffers, or only those in ``names`` (a proximal step reads a few per step)."""
-        live = _tensors(model.module)
-        if names is not None:
-            missing = [k for k in names if k not in live]
-            if missing:
-                raise UserError(f"model '{model.graph.arch}' has no parameter '{missing[0]}'")
-            live = {k: live[k] for k in names}
+        live = pick(_tensors(model.module), names, model.graph.arch)
         return {k: t.detach().cpu().numpy().astype(np.float32, copy=True) for k, t in live.items()}
 
     def set_weights(self, model, params: Mapping[str, np.ndarray], strict=True):
