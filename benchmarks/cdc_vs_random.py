@@ -1,6 +1,7 @@
 """CDC channel selection against random selection at the same widths, on digits.
 
     python benchmarks/cdc_vs_random.py [--backend torch] [--seeds 3] [--splits 1] [--mac-target 0.5]
+                                       [--set finetune.lr=0.005 ...]
 
 Per data split (``--splits``: config seeds 0, 1, ...; each its own train/val/test
 split, baseline and coarse groups): one baseline ResNet-20 is trained (the digits
@@ -29,10 +30,11 @@ from methods import cdc_prune, common
 from methods.cdc_distill import coarse_groups_for
 
 
-def one_split(backend, seed: int, draws: int, mac_target: float) -> tuple[dict, list, float, list]:
+def one_split(backend, seed: int, draws: int, mac_target: float, overrides: list[str]
+              ) -> tuple[dict, list, float, list]:
     """Accuracies ``{selection: [draw][budget][val, test]}``, the budgets, the MAC share, the baseline."""
-    cfg = load_config(f"{common.HYPERPARAMS}/cdc_resnet20_digits.py", [f"cdc.mac_target={mac_target}",
-                                                                        f"seed={seed}"])
+    cfg = load_config(f"{common.HYPERPARAMS}/cdc_resnet20_digits.py",
+                      [f"cdc.mac_target={mac_target}", f"seed={seed}", *overrides])
     work = tempfile.mkdtemp(prefix="cdc-bench-")
     ctx = common.Context(cfg, backend, work, common.load_data(cfg))
     teacher = cdc_prune.get_teacher(ctx)
@@ -68,12 +70,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="random draws per split")
     p.add_argument("--splits", type=int, default=1, help="data splits (config seeds 0..splits-1)")
     p.add_argument("--mac-target", type=float, default=0.5, help="fraction of the MACs kept (default 0.5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. finetune.lr=0.005 (repeatable)")
     args = p.parse_args()
     logging.getLogger("compress").setLevel(logging.WARNING)
     backend = get_backend(args.backend)
     paired = []  # per split: [budget][val, test] of CDC minus the mean of the random draws
     for seed in range(args.splits):
-        results, budgets, frac, base = one_split(backend, seed, args.seeds, args.mac_target)
+        results, budgets, frac, base = one_split(backend, seed, args.seeds, args.mac_target, args.overrides)
         print(f"{args.backend}, resnet20 on digits, split {seed}, pruned to {frac:.1f}% of the MACs; "
               f"unpruned: val {base[0]:.2f}, test {base[1]:.2f}")
         print(f"{'selection':<12}" + "".join(f"{f'ft {e} ep val/test':>22}" for e in budgets))
