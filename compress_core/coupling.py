@@ -50,7 +50,9 @@ def prunable_layers(graph: Graph) -> list[PrunableLayer]:
     readers: dict[str, list[tuple[str, int]]] = {}
     for n in graph.nodes[1:]:
         ins = [space[i] for i in n.inputs]
-        if n.op in ("conv", "dense", "select"):
+        if n.op in ("conv", "dense", "select", "diagonal"):
+            # a diagonal reads its inputs like a dense layer; it is not prunable itself, and
+            # prune.keep_outputs refuses to cut the channels it reads (they map one to one)
             offset = 0
             if n.op != "select":
                 for prod, _start, count in ins[0]:

@@ -193,6 +193,14 @@ def test_diagonal_structure_shrink_and_compact_layer():
     assert np.array_equal(p2["fc.weight"], np.diagonal(p["fc.weight"]))
     assert decompose.costs(g, rep) == {"macs_before": 160, "macs_after": 10, "params_before": 170,
                                        "params_after": 20}
+    # channel tracing goes through the diagonal head; cutting the channels it reads is a clear error
+    from compress_core.coupling import prunable_layers
+    from compress_core.prune import keep_outputs
+
+    layers = {layer.name: layer for layer in prunable_layers(g2)}
+    assert list(layers) == ["c"] and layers["c"].consumers == (("fc", 0),)
+    with pytest.raises(UserError, match="diagonal 'fc'"):
+        keep_outputs(g2, p2, "c", [0, 1])
 
 
 @pytest.mark.parametrize("out,inp", [(2, 3), (3, 2)])
