@@ -85,7 +85,8 @@ def prepare(argv, description, default_config, extra=None, subdir="") -> Context
     splits = load_data(cfg)
     # a bad checkpoint fails here, before anything is written
     for path in [getattr(args, f, None) for f in ("checkpoint", "student", "teacher")] + [
-            cfg.get("cdc", {}).get("teacher", "")]:
+            cfg.get(section, {}).get(key, "") for section, key in (("cdc", "teacher"), ("kse", "teacher"),
+                                                                   ("dcff", "init"))]:
         if path:
             checkpoint_graph(path, splits)
     init = cfg.model.get("init", "")

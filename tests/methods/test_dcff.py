@@ -119,3 +119,9 @@ def test_warm_start_from_a_trained_checkpoint(tmp_path):
     checkpoint.save_checkpoint(other, small, trained_like(small))
     assert dcff_method.cli(["--workdir", str(tmp_path / "x"), f"--config.dcff.init={other}"]) == 2
     assert not os.path.exists(tmp_path / "x")
+    # so is the right network trained on other data (3x32x32 images, not 1x8x8 digits)
+    rgb = str(tmp_path / "rgb.safetensors")
+    g32 = zoo.build("resnet20", 10, (3, 32, 32))
+    checkpoint.save_checkpoint(rgb, g32, trained_like(g32))
+    assert dcff_method.cli(["--workdir", str(tmp_path / "y"), f"--config.dcff.init={rgb}"]) == 2
+    assert not os.path.exists(tmp_path / "y")
