@@ -251,10 +251,7 @@ def resnet50(num_classes: int = 1000, input_shape=(3, 224, 224),
             if i == 0:
                 sc = b.conv(f"{p}.downsample.0", x, stream, k=1, stride=stride, pad=0)
                 sc = b.add(bn_node(f"{p}.downsample.1", sc))
-            for name in (f"{p}.conv3", f"{p}.downsample.0"):
-                if name in b.used and b.width(name, stream) != stream:
-                    raise UserError(f"width plan: '{name}' is {b.width(name, stream)} but the residual "
-                                    f"stream of layer{s} is {stream} (set by 'layer{s}.0.conv3')")
+            _check_stream(b, (f"{p}.conv3", f"{p}.downsample.0"), stream, f"layer{s}.0.conv3")
             x = b.add(Node(f"{p}.relu3", "relu", (b.add(Node(f"{p}.add", "add", (h, sc))),)))
     x = b.add(Node("avgpool", "gap", (x,)))
     out = b.dense("fc", x, num_classes)

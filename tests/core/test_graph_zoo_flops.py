@@ -49,6 +49,11 @@ def test_any_width_plan_builds_and_is_checked():
         zoo.build("resnet20", widths={"layer1.1.conv2": 3})
     with pytest.raises(UserError, match="positive"):
         zoo.build("vgg16", widths={"features.0": 0})
+    # bottleneck and wide blocks: every layer adding into a stream must have its width
+    for name, layer, want in (("resnet50", "layer2.1.conv3", 512), ("resnext20", "layer2.0.shortcut.0", 128),
+                              ("wrn16_10", "layer2.0.shortcut.0", 320)):
+        with pytest.raises(UserError, match=f"'{layer}' is 7 but the residual stream is {want}"):
+            zoo.build(name, widths={layer: 7})
     assert zoo.build("densenet40", widths={"dense1.0.conv": 6}).shapes()["trans1.conv"][0] == 24 + 11 * 12 + 6
 
 
