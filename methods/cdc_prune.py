@@ -147,11 +147,13 @@ def prune(ctx: common.Context, teacher):
     return ctx.backend.build(small, params), points, keeps, groups
 
 
-def report_row(ctx, name: str, model) -> dict:
-    row = common.summary_row(ctx, name, model)
+def add_latencies(ctx, rows: list[dict], baseline, pruned) -> None:
+    """CPU latency at batch 1 and 32: the two architectures timed in turns, so a shared machine's load
+    weighs on both alike; the pruned, fine-tuned and distilled rows share one architecture and one time."""
     for b in (1, 32):
-        row[f"latency_b{b}_ms"] = common.latency(ctx.backend, model, b)
-    return row
+        base_ms, pruned_ms = common.interleaved_ms(ctx.backend, [baseline, pruned], b, 20)
+        for row in rows:
+            row[f"latency_b{b}_ms"] = base_ms if row["model"] == "baseline" else pruned_ms
 
 
 def print_table(rows: list[dict]) -> str:
@@ -160,7 +162,8 @@ def print_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['model']:<14}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
                      f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}")
-    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time")
+    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time, baseline and pruned "
+                 "architectures timed in turns")
     return "\n".join(lines)
 
 
@@ -188,12 +191,13 @@ def plot_widths(path: str, layers: list[dict]) -> None:
 def run(ctx: common.Context) -> dict:
     teacher = get_teacher(ctx)
     student, points, keeps, groups = prune(ctx, teacher)
-    rows = [report_row(ctx, "baseline", teacher), report_row(ctx, "pruned", student)]
+    rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "pruned", student)]
     common.fit(ctx, student, ctx.cfg.finetune, "finetune")
-    rows.append(report_row(ctx, "fine-tuned", student))
+    rows.append(common.summary_row(ctx, "fine-tuned", student))
     if ctx.cfg.distill.enabled:
         distill(ctx, student, teacher, groups)
-        rows.append(report_row(ctx, "distilled", student))
+        rows.append(common.summary_row(ctx, "distilled", student))
+    add_latencies(ctx, rows, teacher, student)
     layers = [{"conv": p.conv, "mode": p.mode, "block": p.block, "before": p.width, "after": len(k)}
               for p, k in zip(points, keeps)]
     table = print_table(rows)

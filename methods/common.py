@@ -270,17 +270,25 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     return state
 
 
+def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
+    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
+    so that the load of a shared machine weighs on every model alike."""
+    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
+    for m, x in zip(models, xs):
+        for _ in range(3):
+            backend.forward(m, x)
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for t, m, x in zip(times, models, xs):
+            start = time.perf_counter()
+            backend.forward(m, x)
+            t.append(time.perf_counter() - start)
+    return [1000.0 * float(np.median(t)) for t in times]
+
+
 def latency(backend, model, batch: int, repeats: int = 20) -> float:
     """Median wall time (ms) of one inference forward pass on a batch of ``batch`` images."""
-    x = np.random.default_rng(0).normal(size=(batch, *model.graph.input_shape)).astype(np.float32)
-    for _ in range(3):
-        backend.forward(model, x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        backend.forward(model, x)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    return interleaved_ms(backend, [model], batch, repeats)[0]
 
 
 def write_metrics(ctx: Context, metrics: dict) -> None:

@@ -15,9 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-
-import numpy as np
 
 from compress_core import checkpoint, decompose, flops
 from compress_core.fileio import atomic_write_json
@@ -57,27 +54,11 @@ def replacement(graph, params, name: str, d, fc_kind: str | None = None) -> deco
                              weakening=d.weakening, n_iter_max=d.cp_iters)
 
 
-def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
-    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
-    so that the load of a shared machine weighs on every model alike."""
-    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
-    for m, x in zip(models, xs):
-        for _ in range(2):
-            backend.forward(m, x)
-    times = [[] for _ in models]
-    for _ in range(repeats):
-        for t, m, x in zip(times, models, xs):
-            start = time.perf_counter()
-            backend.forward(m, x)
-            t.append(time.perf_counter() - start)
-    return [1000.0 * float(np.median(t)) for t in times]
-
-
 def guard(ctx: common.Context, graph, rep) -> tuple[float, float]:
     """Median CPU time (ms) of the original layer and of its factorised sequence, as one-layer graphs."""
     d = ctx.cfg.decompose
     models = [ctx.backend.build(probe) for probe in decompose.probe_graphs(graph, rep)]
-    dense, factorised = interleaved_ms(ctx.backend, models, d.latency_batch, d.latency_repeats)
+    dense, factorised = common.interleaved_ms(ctx.backend, models, d.latency_batch, d.latency_repeats)
     return dense, factorised
 
 
@@ -162,7 +143,7 @@ def add_latencies(ctx: common.Context, rows: list[dict], models: list) -> None:
     """CPU latency at batch 1 and 32 of every row's model, timed in turns; speedup and MAC reduction
     relative to the first row, and their ratio (1: the MAC reduction is fully realised)."""
     for b in (1, 32):
-        for row, ms in zip(rows, interleaved_ms(ctx.backend, models, b, ctx.cfg.decompose.report_repeats)):
+        for row, ms in zip(rows, common.interleaved_ms(ctx.backend, models, b, ctx.cfg.decompose.report_repeats)):
             row[f"latency_b{b}_ms"] = ms
     for row in rows:
         row["speedup_b32"] = rows[0]["latency_b32_ms"] / row["latency_b32_ms"]
