@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from compress_core.criteria.discriminant import moments_from_sums
+from compress_core.criteria.discriminant import spatial_sums
 from compress_core.errors import UserError
 from compress_core.graph import Graph
 
@@ -186,29 +186,15 @@ class Backend(abc.ABC):
 
     def spatial_sums(self, model: Model, x: np.ndarray, taps: Sequence[str], bn_batch_stats: bool = False
                      ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-        """Per-image spatial sum and Euclidean norm of each tap: ``(sum [n, C], norm [n, C], count)``.
+        """Per-image spatial sum and Euclidean norm of each tap: ``(sums [n, C], norms [n, C], count)``.
 
-        ``count = H * W`` positions (1 for vectors). Two single-read reductions per
-        map, turned into moments by ``moments_from_sums``. This default reduces in
-        numpy; a backend overrides it to reduce next to the convolutions, so whole
-        feature maps never leave the framework during a scoring pass.
+        ``count = H * W`` positions (1 for vectors); the input of ``ClassStats.update_sums``.
+        This default reduces in numpy; a backend overrides it to reduce next to the
+        convolutions (one read of each map per reduction), so whole feature maps never
+        leave the framework during a scoring pass.
         """
         _, acts = self.forward(model, x, taps, bn_batch_stats)
-        out = {}
-        for t, a in acts.items():
-            flat = np.asarray(a, np.float32).reshape(a.shape[0], a.shape[1], -1)
-            out[t] = (flat.sum(2), np.sqrt((flat * flat).sum(2)), flat.shape[2])
-        return out
-
-    def moments(self, model: Model, x: np.ndarray, taps: Sequence[str], bn_batch_stats: bool = False
-                ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-        """Per-image spatial moments of each tap: ``(mean [n, C], m2 [n, C], count)``.
-
-        ``m2`` is the sum of squared deviations from the image's own channel mean
-        over ``count = H * W`` positions (0 and 1 for vectors), the input of
-        ``ClassStats.update_moments``; computed from :meth:`spatial_sums`.
-        """
-        return {t: moments_from_sums(*v) for t, v in self.spatial_sums(model, x, taps, bn_batch_stats).items()}
+        return {t: spatial_sums(a) for t, a in acts.items()}
 
     def stream_sums(self, model: Model, batches: Iterable[tuple[np.ndarray, np.ndarray]],
                     taps: Sequence[str], bn_batch_stats: bool = False):

@@ -70,7 +70,7 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
         for t, lvl in keys:
             bundles.setdefault((lvl, positions[t]), []).append(t)
         stats = {b: discriminant.ClassStats(num[b[0]], sum(shapes[t][0] for t in ts)) for b, ts in bundles.items()}
-        # per-image moments wait in a bounded buffer and are merged a few thousand images at a time:
+        # per-image sums wait in a bounded buffer and are merged a few thousand images at a time:
         # one merge per batch and bundle was ~20% of a digits scoring pass
         pending: list = []
         per_image = sum(shapes[t][0] for t in taps)  # buffered values per image (sum and norm each)
@@ -109,7 +109,7 @@ def _merge(stats: dict, bundles: dict, pending: list, labels) -> None:
     for (lvl, p), ts in bundles.items():
         sums, norms = (np.concatenate([np.concatenate([a[t][j] for t in ts], axis=1) for a, _ in pending])
                        for j in (0, 1))
-        stats[(lvl, p)].update_moments(*discriminant.moments_from_sums(sums, norms, p), labels(lvl, y))
+        stats[(lvl, p)].update_sums(sums, norms, p, labels(lvl, y))
 
 
 def plan_counts(ctx: common.Context, graph, points) -> list[int]:

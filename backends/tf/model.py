@@ -121,7 +121,7 @@ class TFModel(Model):
 
         One read of each map per reduction and no temporaries: the exact two-pass ``m2``
         (mean, then squared differences) read it three times and made the TF scoring pass
-        ~1.4x an inference pass; ``moments_from_sums`` finishes in float64 on the host.
+        ~1.4x an inference pass; ``ClassStats.update_sums`` finishes in float64 on the host.
         Concatenated so a batch costs two fetches, not two per tap (~4% of a digits pass).
         Also returns each tap's channel count and positions per image.
         """

@@ -126,40 +126,14 @@ def _one_vs_rest(n_img, n_obs, mean, m2):
     return mean, m2 / w, m + e, vq, n_img[:, None], (n_img.sum() - n_img)[:, None]
 
 
-def spatial_moments(features) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-image moments ``(mean [n, C], m2 [n, C], count)`` of ``[n, C, H, W]`` (or ``[n, C]``) features.
-
-    ``m2`` is the sum of squared deviations from each image's channel mean over its
-    ``count = H * W`` positions; the input of :meth:`ClassStats.update_moments`.
+def spatial_sums(features) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-image spatial sum and Euclidean norm of each channel, ``(sums [n, C], norms [n, C], count)``,
+    of ``[n, C, H, W]`` (or ``[n, C]``: count 1) features, in float64: the input of
+    :meth:`ClassStats.update_sums`, and what the backends compute next to the convolutions.
     """
-    a = np.asarray(features)
-    if a.ndim == 2:
-        return a.astype(np.float64), np.zeros(a.shape), 1
-    flat = a.reshape(a.shape[0], a.shape[1], -1).astype(np.float64)
-    mean = flat.mean(2)
-    return mean, ((flat - mean[:, :, None]) ** 2).sum(2), flat.shape[2]
-
-
-def moments_from_sums(sums, norms, count: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`spatial_moments` from each map's sum and Euclidean norm (``[n, C]`` each).
-
-    The backends reduce every tap to these two numbers per image and channel,
-    each in a single read of the map (the exact two-pass ``m2`` reads it three
-    times, and made a scoring pass ~1.4x an inference pass). ``m2 = norm^2 - sum^2
-    / count`` is formed here in float64, so its only error is the float32
-    rounding of the two reductions, relative ``~1e-7 * (1 + mean^2 / var)`` per
-    image; the merge across images (Chan's update) stays exact. On a trained
-    ResNet-20 the scores differ from the exact pass by < 5e-6 (relative), ten
-    times less than TF and torch forward passes differ from each other.
-    """
-    count = int(count)
-    s = np.asarray(sums, np.float64)
-    m2 = np.array(norms, np.float64)
-    np.square(m2, out=m2)
-    mean = s / count
-    m2 -= s * mean  # in place, as above: fewer map-sized temporaries
-    np.maximum(m2, 0.0, out=m2)
-    return mean, m2, count
+    a = np.asarray(features, np.float64)
+    flat = a.reshape(a.shape[0], a.shape[1], -1)
+    return flat.sum(2), np.sqrt((flat * flat).sum(2)), flat.shape[2]
 
 
 class ClassStats:
@@ -201,37 +175,51 @@ class ClassStats:
         mean_i = x.mean(2)
         self._merge_moments(mean_i, ((x - mean_i[:, :, None]) ** 2).sum(2), x.shape[2], y)
 
-    def update_moments(self, mean, m2, count: int, labels) -> ClassStats:
-        """Add a batch summarised per image: ``mean [n, C]`` and ``m2 [n, C]`` (sum of squared
-        deviations from the image's own mean) over ``count`` positions per image.
+    def update_sums(self, sums, norms, count: int, labels) -> ClassStats:
+        """Add a batch summarised per image by each channel's spatial sum and Euclidean norm
+        (``[n, C]`` each) over ``count`` positions; see :func:`spatial_sums`.
 
-        Equals :meth:`update` on the full maps; backends compute these reductions next
-        to the convolutions, so a scoring pass never copies whole feature maps.
+        Backends compute the two reductions next to the convolutions, one read of each map
+        apiece (an exact per-image ``m2`` takes three and made a scoring pass ~1.4x an
+        inference pass), so a scoring pass never copies whole maps. Per class and batch,
+        ``m2 = sum(norm^2) - sum(sum)^2 / N`` in float64: exact for exact inputs; a backend's
+        float32 rounding of the reductions, relative ``eps``, becomes about
+        ``eps * (1 + mean^2 / var)`` of the class's ``m2``. Batches merge exactly (Chan).
         """
-        mean = _as_features(mean, (2,), "mean")
-        m2 = _as_features(m2, (2,), "m2")
-        check(mean.shape == m2.shape and mean.shape[1] == self.num_channels,
-              f"mean {mean.shape} and m2 {m2.shape} must both be [n, {self.num_channels}]")
+        sums = _as_features(sums, (2,), "sums")
+        norms = _as_features(norms, (2,), "norms")
+        check(sums.shape == norms.shape and sums.shape[1] == self.num_channels,
+              f"sums {sums.shape} and norms {norms.shape} must both be [n, {self.num_channels}]")
         check(isinstance(count, (int, np.integer)) and count >= 1, f"count must be a positive integer, got {count!r}")
-        y = _as_labels(labels, mean.shape[0], self.num_classes)
-        self._merge_moments(np.asarray(mean, np.float64), np.maximum(np.asarray(m2, np.float64), 0.0),
-                            int(count), y)
+        y = _as_labels(labels, sums.shape[0], self.num_classes)
+        onehot = self._onehot(y)
+        total = onehot.T @ np.asarray(sums, np.float64)
+        squares = onehot.T @ np.square(np.asarray(norms, np.float64))
+        nb_img = np.bincount(y, minlength=self.num_classes)
+        nb = nb_img * int(count)
+        mean_b = total / np.maximum(nb, 1)[:, None]
+        self._fold(mean_b, np.maximum(squares - total * mean_b, 0.0), nb_img, nb)
         return self
 
+    def _onehot(self, y: np.ndarray) -> np.ndarray:
+        onehot = np.zeros((y.shape[0], self.num_classes))
+        onehot[np.arange(y.shape[0]), y] = 1.0
+        return onehot
+
     def _merge_moments(self, mean_i: np.ndarray, m2_i: np.ndarray, p: int, y: np.ndarray) -> None:
-        """Chan et al.'s merge of per-image moments (``p`` observations each) into the classes."""
-        k = self.num_classes
-        onehot = np.zeros((mean_i.shape[0], k))
-        onehot[np.arange(mean_i.shape[0]), y] = 1.0
-        nb_img = np.bincount(y, minlength=k)
-        nb = nb_img * p
+        """Per-image moments (``p`` observations each) to per-class moments of the batch, then folded in."""
+        onehot = self._onehot(y)
+        nb_img = np.bincount(y, minlength=self.num_classes)
         mean_b = onehot.T @ mean_i / np.maximum(nb_img, 1)[:, None]
         # deviations of each image's mean from its class mean, squared in place: fresh [n, C]
         # temporaries cost page faults that made this merge 4x slower
         dev = mean_b[y]
         np.subtract(mean_i, dev, out=dev)
         np.square(dev, out=dev)
-        m2_b = onehot.T @ m2_i + p * (onehot.T @ dev)
+        self._fold(mean_b, onehot.T @ m2_i + p * (onehot.T @ dev), nb_img, nb_img * p)
+
+    def _fold(self, mean_b: np.ndarray, m2_b: np.ndarray, nb_img: np.ndarray, nb: np.ndarray) -> None:
+        """Chan et al.'s merge of a batch's per-class moments (``nb`` observations) into the totals."""
         na = self.n_obs[:, None].astype(np.float64)
         n = na + nb[:, None]
         delta = mean_b - self.mean

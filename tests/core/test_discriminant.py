@@ -231,8 +231,8 @@ def test_bad_ridge_and_accumulator_input():
     np.testing.assert_allclose(gsd_scores(X2, Y2[:, None], ridge=0), [3.625])  # labels [N, 1]
 
 
-def test_update_moments_equals_update_on_full_maps():
-    from compress_core.criteria.discriminant import spatial_moments
+def test_update_sums_equals_update_on_full_maps():
+    from compress_core.criteria.discriminant import spatial_sums
 
     rng = np.random.default_rng(11)
     x = rng.normal(3.0, 2.0, size=(40, 5, 4, 3))
@@ -240,26 +240,33 @@ def test_update_moments_equals_update_on_full_maps():
     full = ClassStats(3, 5).update(x[:25], y[:25]).update(x[25:], y[25:])
     summed = ClassStats(3, 5)
     for sl in (slice(0, 10), slice(10, 40)):
-        summed.update_moments(*spatial_moments(x[sl]), y[sl])
+        summed.update_sums(*spatial_sums(x[sl]), y[sl])
     for name in ("gsd", "abs_snr", "fdr", "t_test"):
-        np.testing.assert_allclose(summed.scores(name), full.scores(name), rtol=1e-12)
+        np.testing.assert_allclose(summed.scores(name), full.scores(name), rtol=1e-10)
+    v = rng.normal(size=(12, 4))  # vectors: one position per image
+    np.testing.assert_allclose(ClassStats(3, 4).update_sums(v, np.abs(v), 1, y[:12]).m2,
+                               ClassStats(3, 4).update(v, y[:12]).m2, rtol=1e-12)
+    with pytest.raises(UserError, match="count"):
+        summed.update_sums(*spatial_sums(x[:2])[:2], 0, y[:2])
+    with pytest.raises(UserError, match="must both be"):
+        summed.update_sums(np.ones((2, 5)), np.ones((2, 4)), 12, y[:2])
 
 
-def test_moments_from_sums_hand_case_and_agreement_with_the_maps():
-    from compress_core.criteria.discriminant import moments_from_sums, spatial_moments
-
-    # one image, one channel, values 1..4: sum 10, norm sqrt(30); mean 2.5,
-    # squared deviations 2.25 + 0.25 + 0.25 + 2.25 = 5
-    mean, m2, count = moments_from_sums([[10.0]], [[np.sqrt(30.0)]], 4)
-    assert count == 4 and mean[0, 0] == 2.5 and m2[0, 0] == pytest.approx(5.0, rel=1e-14)
-    # vectors: one position, so m2 is exactly 0 (a float32 value squares exactly in float64)
-    v = np.float32([[3.1, -0.7]])
-    mean, m2, _ = moments_from_sums(v, np.abs(v), 1)
-    assert np.array_equal(mean, v.astype(np.float64)) and np.array_equal(m2, np.zeros((1, 2)))
-    # float32 reductions of ReLU-like maps offset by 3: m2 within 1e-5 of the exact two-pass value
-    x = np.maximum(np.random.default_rng(5).normal(3.0, 1.0, (8, 6, 16, 16)), 0).astype(np.float32)
-    flat = x.reshape(8, 6, -1)
-    got = moments_from_sums(flat.sum(2), np.sqrt((flat * flat).sum(2)), 256)
-    want = spatial_moments(x)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+def test_update_sums_hand_case_and_float32_inputs():
+    # one class, one channel; image A = 1, 2, 3, 4 (sum 10, norm sqrt 30), image B = 5, 5, 5, 5
+    # (sum 20, norm 10): 8 observations, mean 30 / 8 = 3.75, m2 = 130 - 30 * 3.75 = 17.5
+    # (by deviations: 7.5625 + 3.0625 + 0.5625 + 0.0625 + 4 * 1.5625 = 17.5)
+    st = ClassStats(1, 1).update_sums([[10.0], [20.0]], [[np.sqrt(30.0)], [10.0]], 4, [0, 0])
+    assert st.n_img[0] == 2 and st.n_obs[0] == 8 and st.mean[0, 0] == 3.75
+    assert st.m2[0, 0] == pytest.approx(17.5, rel=1e-14)
+    # float32 reductions (as a backend computes them) of ReLU maps offset by 3: every score within
+    # 1e-5 of the exact float64 statistics of the maps
+    rng = np.random.default_rng(5)
+    x = np.maximum(rng.normal(3.0, 1.0, (64, 6, 16, 16)) + rng.normal(0, 0.3, (64, 6, 1, 1)), 0).astype(np.float32)
+    y = rng.integers(0, 4, 64)
+    flat = x.reshape(64, 6, -1)
+    approx = ClassStats(4, 6).update_sums(flat.sum(2), np.sqrt((flat * flat).sum(2)), 256, y)
+    exact = ClassStats(4, 6).update(x, y)
+    np.testing.assert_allclose(approx.m2, exact.m2, rtol=1e-5)
+    for name in ("gsd", "abs_snr", "fdr", "t_test"):
+        np.testing.assert_allclose(approx.scores(name), exact.scores(name), rtol=1e-5)
