@@ -13,7 +13,6 @@ variable created at build time, so loading weights never grows the graph.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -146,8 +145,10 @@ class TFModel(Model):
             self.session = None
 
     def __del__(self):
-        with contextlib.suppress(Exception):  # interpreter shutdown
+        try:
             self.close()
+        except Exception:  # noqa: BLE001, S110 - at interpreter shutdown even contextlib may be gone
+            pass
 
 
 def _mean_nhw(x):
@@ -235,10 +236,14 @@ def _select(x, node, cin: int):
         x = x[:, ::s, ::s, :]
     if src == list(range(cin)):
         return x
-    if -1 in src:
-        x = tf.concat([x, tf.zeros_like(x[..., :1])], axis=3)
-        src = [cin if j < 0 else j for j in src]
-    return tf.gather(x, src, axis=3)
+    # a 1x1 convolution with a 0/1 matrix, not tf.gather: gathering along the innermost axis of
+    # NHWC made CDC-pruned ResNet-56 slower than the original at batch 32 (55 vs 44 ms), the
+    # convolution makes it faster (39 ms), and picks the same values exactly (x * 1 + 0)
+    pick = np.zeros((1, 1, cin, len(src)), np.float32)
+    for k, j in enumerate(src):
+        if j >= 0:  # -1: a zero channel
+            pick[0, 0, j, k] = 1.0
+    return tf.nn.conv2d(x, tf.constant(pick), 1, "VALID")
 
 
 def _diagonal(x, node, V):
