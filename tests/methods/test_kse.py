@@ -123,3 +123,12 @@ def test_kse_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+def test_projecting_trainer_forwards_every_trainer_method():
+    # a method the wrapper does not define would run Trainer's version, not the backend's, and
+    # the coded convolutions would silently leave their centroids
+    from backends.base import Trainer
+
+    public = {n for n in vars(Trainer) if not n.startswith("_")}
+    assert public and public <= set(vars(kse_method.ProjectingTrainer))
