@@ -147,15 +147,6 @@ def prune(ctx: common.Context, teacher):
     return ctx.backend.build(small, params), points, keeps, groups
 
 
-def add_latencies(ctx, rows: list[dict], baseline, pruned) -> None:
-    """CPU latency at batch 1 and 32: the two architectures timed in turns, so a shared machine's load
-    weighs on both alike; the pruned, fine-tuned and distilled rows share one architecture and one time."""
-    for b in (1, 32):
-        base_ms, pruned_ms = common.interleaved_ms(ctx.backend, [baseline, pruned], b, 20)
-        for row in rows:
-            row[f"latency_b{b}_ms"] = base_ms if row["model"] == "baseline" else pruned_ms
-
-
 def print_table(rows: list[dict]) -> str:
     head = f"{'model':<14}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
     lines = [head, "-" * len(head)]
@@ -197,7 +188,9 @@ def run(ctx: common.Context) -> dict:
     if ctx.cfg.distill.enabled:
         distill(ctx, student, teacher, groups)
         rows.append(common.summary_row(ctx, "distilled", student))
-    add_latencies(ctx, rows, teacher, student)
+    # the pruned, fine-tuned and distilled rows are one architecture (one model object): timed once,
+    # in turns with the baseline
+    common.add_latencies(ctx.backend, rows, [teacher] + [student] * (len(rows) - 1), 20)
     layers = [{"conv": p.conv, "mode": p.mode, "block": p.block, "before": p.width, "after": len(k)}
               for p, k in zip(points, keeps)]
     table = print_table(rows)

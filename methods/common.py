@@ -286,6 +286,16 @@ def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
     return [1000.0 * float(np.median(t)) for t in times]
 
 
+def add_latencies(backend, rows: list[dict], models: list, repeats: int, batches=(1, 32)) -> None:
+    """Columns ``latency_b{b}_ms``: each row's model timed with :func:`interleaved_ms`; a model
+    shared by several rows (the same object) is timed once and they share its time."""
+    distinct = list({id(m): m for m in models}.values())
+    for b in batches:
+        ms = dict(zip(map(id, distinct), interleaved_ms(backend, distinct, b, repeats)))
+        for row, m in zip(rows, models):
+            row[f"latency_b{b}_ms"] = ms[id(m)]
+
+
 def latency(backend, model, batch: int, repeats: int = 20) -> float:
     """Median wall time (ms) of one inference forward pass on a batch of ``batch`` images."""
     return interleaved_ms(backend, [model], batch, repeats)[0]

@@ -142,9 +142,7 @@ def report_row(ctx: common.Context, name: str, model) -> dict:
 def add_latencies(ctx: common.Context, rows: list[dict], models: list) -> None:
     """CPU latency at batch 1 and 32 of every row's model, timed in turns; speedup and MAC reduction
     relative to the first row, and their ratio (1: the MAC reduction is fully realised)."""
-    for b in (1, 32):
-        for row, ms in zip(rows, common.interleaved_ms(ctx.backend, models, b, ctx.cfg.decompose.report_repeats)):
-            row[f"latency_b{b}_ms"] = ms
+    common.add_latencies(ctx.backend, rows, models, ctx.cfg.decompose.report_repeats)
     for row in rows:
         row["speedup_b32"] = rows[0]["latency_b32_ms"] / row["latency_b32_ms"]
         row["mac_reduction"] = rows[0]["macs"] / row["macs"]

@@ -96,7 +96,7 @@ class TFModel(Model):
         self.fused_bn = False         # set by the backend; read when the training pass is built
         self._train: dict | None = None
         self._bn_updates: list = []
-        self._moments: dict = {}      # (taps, bn_batch_stats) -> sum_tensors(), built on first use
+        self._sums: dict = {}         # (taps, bn_batch_stats) -> sum_tensors(), built on first use
 
     @property
     def train(self) -> dict:
@@ -125,7 +125,7 @@ class TFModel(Model):
         Also returns each tap's channel count and positions per image.
         """
         key = (taps, bn_batch_stats)
-        if key not in self._moments:
+        if key not in self._sums:
             acts = self.train if bn_batch_stats else self.infer
             sums, norms = [], []
             with self.tf_graph.as_default(), tf.name_scope("moments"):
@@ -133,10 +133,10 @@ class TFModel(Model):
                     axes = list(range(1, acts[tap].shape.rank - 1))  # spatial axes of NHWC, none of [N, C]
                     sums.append(tf.reduce_sum(acts[tap], axis=axes))
                     norms.append(tf.math.reduce_euclidean_norm(acts[tap], axis=axes))
-                self._moments[key] = (tf.concat(sums, 1), tf.concat(norms, 1),
+                self._sums[key] = (tf.concat(sums, 1), tf.concat(norms, 1),
                                       [int(acts[t].shape[-1]) for t in taps],
                                       [int(np.prod(acts[t].shape[1:-1], dtype=np.int64)) for t in taps])
-        return self._moments[key]
+        return self._sums[key]
 
     def close(self) -> None:
         """Release the session (the model is unusable afterwards)."""
