@@ -1,9 +1,9 @@
 """CDC channel selection against random selection at the same widths, on digits.
 
-    python benchmarks/cdc_vs_random.py [--backend torch] [--seeds 3] [--splits 1] [--mac-target 0.5]
-                                       [--set finetune.lr=0.005 ...]
+    python benchmarks/cdc_vs_random.py [--backend torch] [--seeds 3] [--splits 1] [--first-split 0]
+                                       [--mac-target 0.5] [--set finetune.lr=0.005 ...]
 
-Per data split (``--splits``: config seeds 0, 1, ...; each its own train/val/test
+Per data split (``--splits``: config seeds ``--first-split``, +1, ...; each its own train/val/test
 split, baseline and coarse groups): one baseline ResNet-20 is trained (the digits
 config of ``methods.cdc_prune``); CDC keeps the highest-scoring channels of every
 mask at the MAC target; random selection keeps the same number of channels per
@@ -68,7 +68,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="torch")
     p.add_argument("--seeds", type=int, default=3, help="random draws per split")
-    p.add_argument("--splits", type=int, default=1, help="data splits (config seeds 0..splits-1)")
+    p.add_argument("--splits", type=int, default=1, help="number of data splits")
+    p.add_argument("--first-split", type=int, default=0,
+                   help="config seed of the first split (fresh splits confirm a choice made on others)")
     p.add_argument("--mac-target", type=float, default=0.5, help="fraction of the MACs kept (default 0.5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. finetune.lr=0.005 (repeatable)")
@@ -76,7 +78,8 @@ def main() -> None:
     logging.getLogger("compress").setLevel(logging.WARNING)
     backend = get_backend(args.backend)
     paired = []  # per split: [budget][val, test] of CDC minus the mean of the random draws
-    for seed in range(args.splits):
+    levels = []  # per split: unpruned, CDC and mean random [val, test] after the longest fine-tune
+    for seed in range(args.first_split, args.first_split + args.splits):
         results, budgets, frac, base = one_split(backend, seed, args.seeds, args.mac_target, args.overrides)
         print(f"{args.backend}, resnet20 on digits, split {seed}, pruned to {frac:.1f}% of the MACs; "
               f"unpruned: val {base[0]:.2f}, test {base[1]:.2f}")
@@ -87,15 +90,21 @@ def main() -> None:
             print(f"{name + (f' x{len(rows)}' if len(rows) > 1 else ''):<12}"
                   + "".join(f"{v:>14.2f} /{t:>6.2f}" for v, t in means[name]))
         paired.append(means["cdc (gsd)"] - means["random"])
+        levels.append([base, means["cdc (gsd)"][-1], means["random"][-1]])
         print(flush=True)
     if args.splits > 1:
         d = np.array(paired)  # [split, budget, val/test]
-        print(f"CDC minus random (mean of {args.seeds} draws), {args.splits} splits: mean +- std over splits, "
-              "splits where CDC is ahead")
+        print(f"CDC minus random (mean of {args.seeds} draws), {args.splits} splits (seeds {args.first_split}-"
+              f"{args.first_split + args.splits - 1}): mean +- std over splits (standard error), splits where CDC "
+              "is ahead")
         for j, e in enumerate(budgets):
             cells = [f"{name} {d[:, j, k].mean():+6.2f} +- {d[:, j, k].std(ddof=1):5.2f} "
+                     f"({d[:, j, k].std(ddof=1) / np.sqrt(args.splits):4.2f}) "
                      f"({int((d[:, j, k] > 0).sum())}/{args.splits})" for k, name in enumerate(("val", "test"))]
             print(f"ft {e:>2} ep: " + "   ".join(cells))
+        m = np.mean(np.array(levels), axis=0)
+        print(f"mean over splits after {budgets[-1]} epochs, val / test: unpruned {m[0, 0]:.2f} / {m[0, 1]:.2f}, "
+              f"CDC {m[1, 0]:.2f} / {m[1, 1]:.2f}, random {m[2, 0]:.2f} / {m[2, 1]:.2f}")
 
 
 def _with_epochs(tcfg, epochs):
