@@ -97,9 +97,9 @@ def main() -> None:
         print(f"CDC minus random (mean of {args.seeds} draws), {args.splits} splits (seeds {args.first_split}-"
               f"{args.first_split + args.splits - 1}): mean +- std over splits (standard error), splits where CDC "
               "is ahead")
+        sd = d.std(axis=0, ddof=1)
         for j, e in enumerate(budgets):
-            cells = [f"{name} {d[:, j, k].mean():+6.2f} +- {d[:, j, k].std(ddof=1):5.2f} "
-                     f"({d[:, j, k].std(ddof=1) / np.sqrt(args.splits):4.2f}) "
+            cells = [f"{name} {d[:, j, k].mean():+6.2f} +- {sd[j, k]:5.2f} ({sd[j, k] / np.sqrt(args.splits):4.2f}) "
                      f"({int((d[:, j, k] > 0).sum())}/{args.splits})" for k, name in enumerate(("val", "test"))]
             print(f"ft {e:>2} ep: " + "   ".join(cells))
         m = np.mean(np.array(levels), axis=0)

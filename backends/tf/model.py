@@ -134,8 +134,8 @@ class TFModel(Model):
                     sums.append(tf.reduce_sum(acts[tap], axis=axes))
                     norms.append(tf.math.reduce_euclidean_norm(acts[tap], axis=axes))
                 self._sums[key] = (tf.concat(sums, 1), tf.concat(norms, 1),
-                                      [int(acts[t].shape[-1]) for t in taps],
-                                      [int(np.prod(acts[t].shape[1:-1], dtype=np.int64)) for t in taps])
+                                   [int(acts[t].shape[-1]) for t in taps],
+                                   [int(np.prod(acts[t].shape[1:-1], dtype=np.int64)) for t in taps])
         return self._sums[key]
 
     def close(self) -> None:
