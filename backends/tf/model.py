@@ -13,6 +13,7 @@ variable created at build time, so loading weights never grows the graph.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -201,33 +202,77 @@ def _bn(x, node, V, mode: str, updates: list):
 
 
 def _conv(x, node, V, cin: int):
+    """A conv node on NHWC ``x``, built only from kernels every device has.
+
+    TensorFlow's CPU kernels without oneDNN (the default on many CPUs) have no dilated
+    convolution gradient, no grouped convolution gradient and no depthwise convolution
+    with unequal strides; oneDNN and cuDNN have all three. So a dilated conv runs its
+    undilated kernel on the space-to-batch phases of the map (exact: each phase is the
+    map subsampled by the rate), grouped convs run group by group, and unequal depthwise
+    strides are rewritten as equal ones (:func:`_depthwise`).
+    """
     a = node.attrs
     w = V[f"{node.name}.weight"]  # HWIO
     fusion = V.get(f"{node.name}.fusion")  # DCFF: [n, out] in TF layout (the dense transpose)
     if fusion is not None:
         w = tf.tensordot(w, fusion, axes=[[3], [0]])
     (ph, pw), (sh, sw), (dh, dw) = a["pad"], a["stride"], a["dilation"]
-    g, out = int(a["groups"]), int(a["out"])
-    strides, dil = [1, sh, sw, 1], [1, dh, dw, 1]
+    g = int(a["groups"])
     if ph or pw:
         # explicit symmetric padding (never 'SAME'), as a pad + VALID conv: same numbers as
         # conv2d(padding=[[0,0],[ph,ph],[pw,pw],[0,0]]) but the gradient gets oneDNN kernels (2x faster)
         x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-    pad = "VALID"
-    if g == 1:
-        y = tf.nn.conv2d(x, w, strides=strides, padding=pad, dilations=dil)
-    elif g == cin and (max(sh, sw) == 1 or max(dh, dw) == 1):
-        # HWIO [kh, kw, 1, cin*m] -> depthwise [kh, kw, cin, m]: output o = c*m + j, as torch groups
-        wd = tf.reshape(w, [a["k"][0], a["k"][1], cin, out // cin])
-        y = tf.nn.depthwise_conv2d(x, wd, strides=strides, padding=pad, dilations=[dh, dw])
+    if dh > 1 or dw > 1:
+        y = tf.nn.with_space_to_batch(
+            x, [dh, dw], "VALID", lambda phases, num_spatial_dims, padding: _valid_conv(phases, w, (1, 1), g, cin))
+        if sh > 1 or sw > 1:  # stride after dilation: the stride-1 output subsampled (rare, exact)
+            y = y[:, ::sh, ::sw, :]
     else:
-        # grouped conv2d has no CPU gradient in TF: split into groups and concatenate
-        y = tf.concat([tf.nn.conv2d(xi, wi, strides=strides, padding=pad, dilations=dil)
-                       for xi, wi in zip(tf.split(x, g, axis=3), tf.split(w, g, axis=3))], axis=3)
+        y = _valid_conv(x, w, (sh, sw), g, cin)
     if a["bias"]:
         b = V[f"{node.name}.bias"]
         y = tf.nn.bias_add(y, b if fusion is None else tf.linalg.matvec(fusion, b, transpose_a=True))
     return y
+
+
+def _valid_conv(x, w, strides: tuple[int, int], g: int, cin: int):
+    """An undilated VALID conv of NHWC ``x`` with HWIO ``w`` in ``g`` groups."""
+    sh, sw = strides
+    if g == 1:
+        return tf.nn.conv2d(x, w, strides=[1, sh, sw, 1], padding="VALID")
+    if g == cin:
+        # HWIO [kh, kw, 1, cin*m] -> depthwise [kh, kw, cin, m]: output o = c*m + j, as torch groups
+        kh, kw = int(w.shape[0]), int(w.shape[1])
+        return _depthwise(x, tf.reshape(w, [kh, kw, cin, int(w.shape[3]) // cin]), sh, sw)
+    # grouped conv2d has no CPU gradient in TF: split into groups and concatenate
+    return tf.concat([tf.nn.conv2d(xi, wi, strides=[1, sh, sw, 1], padding="VALID")
+                      for xi, wi in zip(tf.split(x, g, axis=3), tf.split(w, g, axis=3))], axis=3)
+
+
+def _depthwise(x, wd, sh: int, sw: int):
+    """VALID depthwise conv with strides ``(sh, sw)``; unequal strides through equal-stride kernels.
+
+    A ``kh x 1`` kernel reads one column: the map's columns move into the channels
+    (``[N, H, W, C] -> [N, H, 1, W*C]``, a free reshape in NHWC) with the kernel tiled
+    ``W`` times, so the stride along W no longer exists. A ``1 x kw`` kernel reads one row:
+    the rows move into the batch. Anything else runs at the common stride and subsamples.
+    """
+    if sh == sw:
+        return tf.nn.depthwise_conv2d(x, wd, [1, sh, sh, 1], "VALID")
+    kh, kw, c, m = (int(v) for v in wd.shape)
+    if kw == 1:
+        x = x[:, :, ::sw, :]
+        cols = int(x.shape[2])
+        y = tf.nn.depthwise_conv2d(tf.reshape(x, [-1, int(x.shape[1]), 1, cols * c]),
+                                   tf.tile(wd, [1, 1, cols, 1]), [1, sh, sh, 1], "VALID")
+        return tf.reshape(y, [-1, int(y.shape[1]), cols, c * m])
+    if kh == 1:
+        x = x[:, ::sh, :, :]
+        rows = int(x.shape[1])
+        y = tf.nn.depthwise_conv2d(tf.reshape(x, [-1, 1, int(x.shape[2]), c]), wd, [1, sw, sw, 1], "VALID")
+        return tf.reshape(y, [-1, rows, int(y.shape[2]), c * m])
+    s = math.gcd(sh, sw)
+    return tf.nn.depthwise_conv2d(x, wd, [1, s, s, 1], "VALID")[:, ::sh // s, ::sw // s, :]
 
 
 def _select(x, node, cin: int):

@@ -171,3 +171,42 @@ def test_spatial_sums_are_the_sums_and_norms_of_the_taps(backend, batch, bn_batc
 
     default = Backend.spatial_sums(backend, model, batch[0], ["r1"], bn_batch_stats)
     assert close(default["r1"][1], got["r1"][1]) < 1e-5
+
+
+# every conv form a model can hold, including those TensorFlow's CPU kernels lack without oneDNN
+# (dilated and grouped gradients, depthwise with unequal strides): (k, stride, dilation, groups, out)
+CONV_FORMS = {
+    "dilated": ((3, 3), (1, 1), (2, 2), 1, 8),
+    "dilated-strided": ((3, 3), (2, 2), (2, 1), 1, 8),
+    "grouped-dilated": ((3, 3), (1, 1), (2, 2), 2, 8),
+    "depthwise-dilated": ((3, 3), (1, 1), (2, 2), 4, 8),
+    "depthwise-dilated-strided": ((3, 3), (2, 2), (2, 2), 4, 4),
+    "depthwise-stride-2x1-kx1": ((3, 1), (2, 1), (1, 1), 4, 4),
+    "depthwise-stride-1x2-1xk": ((1, 3), (1, 2), (1, 1), 4, 8),
+    "depthwise-stride-1x3-kxk": ((3, 3), (1, 3), (1, 1), 4, 4),
+    "depthwise-stride-2x1-dilated": ((3, 1), (2, 1), (2, 1), 4, 4),
+}
+
+
+@pytest.mark.parametrize("form", list(CONV_FORMS))
+def test_every_conv_form_matches_the_oracle_and_trains(backend, form):
+    from compress_core.graph import Graph, Node, conv_node
+
+    k, stride, dilation, groups, out = CONV_FORMS[form]
+    pad = tuple(d * (kk - 1) // 2 for d, kk in zip(dilation, k))
+    nodes = [Node("input", "input"),
+             conv_node("c", "input", out, k=k, stride=stride, pad=pad, dilation=dilation, groups=groups, bias=True),
+             Node("r", "relu", ("c",)), Node("g", "gap", ("r",)), Node("fc", "dense", ("g",), {"out": 3, "bias": True})]
+    g = Graph("one", (4, 9, 11), nodes, "fc")
+    params = trained_like(g)
+    x = np.random.default_rng(1).normal(size=(5, 4, 9, 11)).astype(np.float32)
+    model = backend.build(g, params)
+    _, acts = backend.forward(model, x, ["c"])
+    ref = oracle.forward(g, params, x)
+    assert acts["c"].shape == ref["c"].shape
+    assert close(ref["c"], acts["c"]) < 1e-5
+    trainer = backend.trainer(model, LossSpec(), OptimSpec(0.9, True))
+    first = trainer.step(x, np.arange(5) % 3, lr=0.1)
+    for _ in range(10):
+        last = trainer.step(x, np.arange(5) % 3, lr=0.1)
+    assert np.isfinite(first["loss"]) and last["loss"] < first["loss"]

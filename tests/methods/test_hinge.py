@@ -59,7 +59,10 @@ def test_tf_and_torch_reach_the_same_widths(runs):
     widths = {name: [(r["layer"], r["width_after"]) for r in m["layers"]] for name, (_, _, m) in runs.items()}
     assert widths["torch"] == widths["tf"]
     rho = [m["search"][0]["grad_ratio"] for _, _, m in runs.values()]
-    assert rho[0] == pytest.approx(rho[1], rel=1e-3)
+    # with oneDNN, TF runs the kernels torch runs and the ratios agree to ~1e-8; TF's own kernels
+    # (oneDNN off) sum in another order and the ratio of gradient norms drifts by ~3e-3 over the
+    # search's steps (float32 gradients of this network differ from float64 ones by up to 5%)
+    assert rho[0] == pytest.approx(rho[1], rel=1e-2)
     assert runs["torch"][2]["rows"][2]["macs"] == runs["tf"][2]["rows"][2]["macs"]
 
 
