@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from backends.base import LossSpec
-from compress_core import cdc, data
+from compress_core import cdc, data, zoo
 from compress_core.criteria.dca import ScatterStats, align_subspace
 from compress_core.errors import UserError
 from methods import common
@@ -51,20 +51,24 @@ def _flat_taps(backend, model, tap: str, dataset, limit: int | None = None):
         yield acts[tap].reshape(len(y), -1), y
 
 
-def fit_subspace(backend, model, tap: str, dataset, labels_of) -> np.ndarray:
-    """DCA subspace ``[D, k]`` of ``model``'s flattened ``tap`` output over ``dataset``."""
+def fit_subspace(backend, model, tap: str, dataset, labels_of, who: str = "model") -> np.ndarray:
+    """DCA subspace ``[D, k]`` of ``model``'s flattened ``tap`` output over ``dataset``, with ``k`` =
+    ``ScatterStats.components()``: the number of label groups, fewer when their means span fewer than
+    ``k - 1`` dimensions, 0 (a ``[D, 0]`` array) when the means coincide, e.g. an all-zero tap."""
     stats = None
     for f, y in _flat_taps(backend, model, tap, dataset):
         stats = stats or ScatterStats(f.shape[1])
         stats.update(f, labels_of(y))
-    return stats.subspace()
+    k, groups = stats.components(), int((stats.counts > 0).sum())
+    if k < min(groups, stats.dim):
+        common.log.warning("%s: the class means on '%s' span %d dimension(s): fitting the %d DCA component(s) "
+                           "that exist, not %d", who, tap, stats.rank(), k, min(groups, stats.dim))
+    return stats.subspace(k) if k else np.zeros((stats.dim, 0))
 
 
 def distill(ctx: common.Context, student, teacher, groups: np.ndarray | None, stage: str = "distill") -> dict:
     """Distil ``teacher`` into ``student`` (both live models); returns the training state."""
     dc, backend, train = ctx.cfg.distill, ctx.backend, ctx.splits.train
-    loss = LossSpec(weight_decay=dc.weight_decay, kd_weight=dc.kd_weight, kd_temperature=dc.kd_temperature,
-                    feature_weight=dc.dca_weight, feature_tap=dc.dca_tap if dc.dca_weight else "")
     w_t = None
     if dc.dca_weight:
         for m in (student, teacher):
@@ -73,30 +77,51 @@ def distill(ctx: common.Context, student, teacher, groups: np.ndarray | None, st
         def labels_of(y):
             return groups[y] if dc.dca_labels == "coarse" else y
 
-        w_t = fit_subspace(backend, teacher, dc.dca_tap, train, labels_of)
-        common.log.info("[%s] teacher DCA subspace %s on '%s' (%s labels)", stage, w_t.shape, dc.dca_tap,
-                        dc.dca_labels)
+        w_t = fit_subspace(backend, teacher, dc.dca_tap, train, labels_of, f"[{stage}] teacher")
+        if w_t.shape[1]:
+            common.log.info("[%s] teacher DCA subspace %s on '%s' (%s labels)", stage, w_t.shape, dc.dca_tap,
+                            dc.dca_labels)
+        else:
+            common.log.warning("[%s] the teacher has no DCA component on '%s': distilling without the DCA term",
+                               stage, dc.dca_tap)
+            w_t = None
+    loss = LossSpec(weight_decay=dc.weight_decay, kd_weight=dc.kd_weight, kd_temperature=dc.kd_temperature,
+                    feature_weight=dc.dca_weight if w_t is not None else 0.0,
+                    feature_tap=dc.dca_tap if w_t is not None else "")
+    # the teacher basis matched by the current student projection (set by refit)
+    fitted = {"epoch": None, "basis": None}
 
     def batch_extras(x):
         logits, acts = backend.forward(teacher, x, [dc.dca_tap] if w_t is not None else [])
         out = {"teacher_logits": logits}
         if w_t is not None:
-            out["feature_target"] = acts[dc.dca_tap].reshape(len(x), -1) @ w_t
+            out["feature_target"] = acts[dc.dca_tap].reshape(len(x), -1) @ fitted["basis"]
         return out
-
-    fitted = {"epoch": None}
 
     def refit(epoch, trainer):
         if w_t is None or (fitted["epoch"] is not None and epoch % dc.dca_refit_every):
             return
-        w_s = fit_subspace(backend, student, dc.dca_tap, train, labels_of)
-        z_s = np.concatenate([f @ w_s for f, _ in _flat_taps(backend, student, dc.dca_tap, train, ALIGN_IMAGES)])
-        z_t = np.concatenate([f @ w_t for f, _ in _flat_taps(backend, teacher, dc.dca_tap, train, ALIGN_IMAGES)])
+        w_s = fit_subspace(backend, student, dc.dca_tap, train, labels_of, f"[{stage}] student")
+        # targets and projection need one width: the leading components both models have
         k = min(w_s.shape[1], w_t.shape[1])
-        rot = align_subspace(z_s[:, :k], z_t[:, :k])
-        trainer.set_projection(w_s[:, :k] @ rot)
+        if k < max(w_s.shape[1], w_t.shape[1]):
+            common.log.warning("[%s] the student has %d DCA component(s), the teacher %d: matching %d", stage,
+                               w_s.shape[1], w_t.shape[1], k)
+        if k:
+            z_s = np.concatenate([f @ w_s[:, :k]
+                                  for f, _ in _flat_taps(backend, student, dc.dca_tap, train, ALIGN_IMAGES)])
+            z_t = np.concatenate([f @ w_t[:, :k]
+                                  for f, _ in _flat_taps(backend, teacher, dc.dca_tap, train, ALIGN_IMAGES)])
+            trainer.set_projection(w_s[:, :k] @ align_subspace(z_s, z_t))
+            fitted["basis"] = w_t[:, :k]
+        else:
+            # the loss keeps its feature term: a zero projection against a zero target makes it 0,
+            # with no gradient, until a refit finds a component
+            trainer.set_projection(np.zeros((w_s.shape[0], 1)))
+            fitted["basis"] = np.zeros((w_t.shape[0], 1))
+            common.log.warning("[%s] DCA term off until the next refit", stage)
         fitted["epoch"] = epoch
-        common.log.info("[%s] student DCA subspace refitted at epoch %d", stage, epoch)
+        common.log.info("[%s] student DCA subspace refitted at epoch %d (%d components)", stage, epoch, k)
 
     return common.fit(ctx, student, dc, stage, loss, batch_extras, refit)
 
@@ -122,9 +147,33 @@ def _flags(p):
     p.add_argument("--teacher", required=True, help="the unpruned checkpoint")
 
 
+def check_cdc(ctx: common.Context, graphs=()) -> None:
+    """CDC's checks that need the data or the networks, before any work: the coarse labels against
+    the number of classes, the DCA tap against the teacher (and ``graphs``, e.g. a given student)."""
+    c, dc, k = ctx.cfg.cdc, ctx.cfg.distill, ctx.splits.num_classes
+    coarse = c.block_threshold >= 0 or (dc.enabled and dc.dca_weight > 0 and dc.dca_labels == "coarse")
+    if coarse and c.coarse_labels:
+        cdc.load_coarse_groups(c.coarse_labels, k)
+    elif coarse and not 2 <= c.num_coarse < k:
+        raise UserError(f"config field 'cdc.num_coarse' is {c.num_coarse}: coarse labels need 2 to {k - 1} groups "
+                        f"of the {k} classes (or a cdc.coarse_labels file)")
+    if dc.dca_weight > 0:
+        teacher = (common.checkpoint_graph(c.teacher, ctx.splits) if c.teacher else
+                   zoo.build(ctx.cfg.model.name, k, ctx.splits.train.x.shape[1:]))
+        for g in (teacher, *graphs):
+            if dc.dca_tap not in g:
+                raise UserError(f"distill.dca_tap '{dc.dca_tap}' is not a layer of '{g.arch}' "
+                                f"(e.g. {', '.join(n.name for n in g.of_op('relu')[-3:])})")
+
+
+def check(ctx: common.Context) -> None:
+    """:func:`check_cdc`, with the DCA tap checked in the given student too."""
+    check_cdc(ctx, [common.checkpoint_graph(ctx.args.student, ctx.splits)])
+
+
 def cli(argv=None) -> int:
     return common.main(run, __doc__.splitlines()[0], "cdc_resnet20_digits.py", argv, extra=_flags,
-                       subdir="distill_only")
+                       subdir="distill_only", check=check)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Discriminant Component Analysis (DCA) for CDC distillation (docs/methods/cdc.md §2).
+"""Discriminant Component Analysis (DCA) for CDC distillation (S.Y. Kung; the reference's ``Util/DCA_util.py``).
 
 For features ``X [N, D]`` with class means ``mu_c``, counts ``n_c`` and mean ``mu``::
 
@@ -14,6 +14,29 @@ Defaults (reference): ``rho = 0.02 * max eig(S_W)``, ``rho' = 0.1 * rho``,
 ``dim`` = number of classes present (clipped to D). The reference keeps the
 first fit's ``rho`` for later refits; here every fit computes its own unless
 ``ridge`` is passed (pass the teacher's ``DCAResult.ridge`` to reproduce that).
+
+Components that exist: ``S_B`` has rank ``r <= K - 1`` (the rank of the
+count-weighted centred class means, :meth:`ScatterStats.rank`), and only ``r``
+eigenvalues can exceed ``1 + rho'/rho``; the rest are made by the ridges (the
+reference's ``K``-th component is the best of them, picked by ``rho'``). So at
+most ``min(D, r + 1)`` components exist (:meth:`ScatterStats.components`). A
+larger ``dim``, the default ``K`` included when the class means are rank
+deficient, raises ``UserError`` naming ``r``; ``r = 0`` (all class means equal,
+e.g. an all-zero tap) raises too. Scatter below ``1e-12`` of the largest
+scatter entry counts as zero (``S_W = S_total - S_B`` cancels to rounding of
+that order).
+
+Ties: every direction in which the data is constant (a dead ReLU channel, an
+all-zero feature) lies in the null space of both ``S_W`` and ``S_B`` and has
+``lam = 1 + rho'/rho`` exactly, so past ``r`` the spectrum can hold one
+eigenvalue many times. LAPACK's subset solvers (``eigh(..., subset_by_index)``,
+bisection) cannot split a tie at their cut: they silently return fewer
+eigenpairs or fail. Hence every solve here computes the full spectrum and keeps
+the top ``dim`` (the ``O(D^3)`` Cholesky and tridiagonal reduction is shared;
+the full solve measured 1.1-1.7x the subset one at D = 2048-3072). Where a tie
+straddles the cut, the kept columns are some ``(S_W + rho I)``-orthonormal
+vectors of the tied space; when it is the data's constant directions, any
+choice projects every image to the same value (0 for all-zero features).
 
 Sign convention: an eigenvector is defined up to sign, so each column is
 flipped to make its largest-magnitude entry (first one on ties) positive;
@@ -52,28 +75,52 @@ def _flat_features(features, name: str = "features") -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def _solve(s_w, s_b, num_classes, dim=None, ridge=None, ridge_prime=None) -> DCAResult:
+# Scatter below this fraction of the largest scatter entry is rounding: S_W = S_total - S_B
+# cancels to about eps * scale.
+_ZERO = 1e-12
+
+
+def _rank(s_w, s_b, dev) -> int:
+    """Numerical rank of ``S_B = dev.T @ dev`` (from the ``[K, D]`` ``dev``: cheap for ``K << D``)."""
+    scale = np.abs(s_w).max() + np.abs(s_b).max()
+    return int((np.linalg.svd(dev, compute_uv=False) ** 2 > _ZERO * scale).sum())
+
+
+def _components(rank: int, d: int) -> int:
+    """``min(D, r + 1)`` components exist (``r`` discriminant ones, one picked by ``rho'``); none when ``r = 0``."""
+    return min(d, rank + 1) if rank else 0
+
+
+def _solve(s_w, s_b, rank, num_classes, dim=None, ridge=None, ridge_prime=None) -> DCAResult:
     """The DCA eigenproblem on scatter matrices (shared by batch and streaming fits)."""
     d = s_w.shape[0]
-    if dim is None:
+    default = dim is None
+    if default:
         dim = min(num_classes, d)  # reference: L components; fewer if D < L
     check(isinstance(dim, (int, np.integer)) and 1 <= dim <= d,
           f"dim must be an integer in [1, {d}] (feature dimension), got {dim!r}")
+    sw_scale = np.abs(s_w).max()
+    check(rank > 0, "no DCA component exists: the class means coincide (rank of S_B = 0)"
+          + ("" if sw_scale > 0 else " and the features are constant (S_W = 0)"))
+    available = _components(rank, d)
+    check(dim <= available,
+          f"dim={dim}{' (the default: number of classes)' if default else ''} exceeds the {available} DCA "
+          f"components that exist: the class means span {rank} dimension(s) (rank of S_B = {rank}); "
+          f"pass dim <= {available}")
     if ridge is None:
-        top = scipy.linalg.eigvalsh(s_w, subset_by_index=[d - 1, d - 1])[0]
-        # S_W = S_total - S_B carries rounding of order eps * scale; below that it is zero
-        scale = np.abs(s_w).max() + np.abs(s_b).max()
-        check(top > 1e-12 * scale, "within-class scatter is zero (constant classes); pass ridge > 0")
+        top = scipy.linalg.eigvalsh(s_w)[-1]  # full spectrum: a subset solve fails on a tied top
+        check(top > _ZERO * (sw_scale + np.abs(s_b).max()),
+              "within-class scatter is zero (constant classes); pass ridge > 0")
         ridge = 0.02 * top
     rho = _finite_number(ridge, "ridge", positive=True)  # > 0 makes S_W + rho I positive definite
     rho_p = _finite_number(0.1 * rho if ridge_prime is None else ridge_prime, "ridge_prime")
     eye = np.eye(d)
-    lam, w = scipy.linalg.eigh(s_w + s_b + (rho + rho_p) * eye, s_w + rho * eye,
-                               subset_by_index=[d - dim, d - 1])
-    lam, w = lam[::-1], w[:, ::-1]
+    # full spectrum (ascending), never subset_by_index: a cut inside a tie loses eigenpairs
+    lam, w = scipy.linalg.eigh(s_w + s_b + (rho + rho_p) * eye, s_w + rho * eye)
+    lam, w = lam[::-1][:dim], w[:, ::-1][:, :dim]
     peak = np.abs(w).argmax(0)
     w = w * np.sign(w[peak, np.arange(dim)])
-    return DCAResult(np.ascontiguousarray(w), lam, rho, rho_p)
+    return DCAResult(np.ascontiguousarray(w), np.ascontiguousarray(lam), rho, rho_p)
 
 
 class ScatterStats:
@@ -115,8 +162,8 @@ class ScatterStats:
         self.second += x.T @ x
         return self
 
-    def scatter(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(S_W, S_B)`` of everything seen so far."""
+    def _moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(S_W, S_B, dev)`` with ``S_B = dev.T @ dev``, ``dev = sqrt(n_c) (mu_c - mu)`` ``[K, D]``."""
         check(int((self.counts > 0).sum()) >= 2,
               f"labels must contain at least 2 classes, got {int((self.counts > 0).sum())}")
         present = self.counts > 0
@@ -127,11 +174,24 @@ class ScatterStats:
         s_b = dev.T @ dev
         s_total = self.second - n_c.sum() * np.outer(mu, mu)
         s_w = s_total - s_b
-        return 0.5 * (s_w + s_w.T), s_b  # symmetrise away rounding
+        return 0.5 * (s_w + s_w.T), s_b, dev  # symmetrise away rounding
+
+    def scatter(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(S_W, S_B)`` of everything seen so far."""
+        return self._moments()[:2]
+
+    def rank(self) -> int:
+        """Numerical rank ``r`` of ``S_B`` (``<= K - 1``): the dimensions the class means span."""
+        return _rank(*self._moments())
+
+    def components(self) -> int:
+        """How many DCA components exist: ``min(D, rank() + 1)``, 0 when the class means coincide."""
+        return _components(self.rank(), self.dim)
 
     def fit(self, dim=None, ridge=None, ridge_prime=None) -> DCAResult:
-        s_w, s_b = self.scatter()
-        return _solve(s_w, s_b, int((self.counts > 0).sum()), dim, ridge, ridge_prime)
+        """``DCAResult`` of ``dim`` components; ``dim > components()`` raises ``UserError`` naming the rank."""
+        s_w, s_b, dev = self._moments()
+        return _solve(s_w, s_b, _rank(s_w, s_b, dev), int((self.counts > 0).sum()), dim, ridge, ridge_prime)
 
     def subspace(self, dim=None, ridge=None, ridge_prime=None) -> np.ndarray:
         return self.fit(dim, ridge, ridge_prime).W
@@ -144,7 +204,17 @@ def dca_fit(features, labels, dim=None, ridge=None, ridge_prime=None) -> DCAResu
 
 
 def dca_subspace(features, labels, dim=None, ridge=None, ridge_prime=None) -> np.ndarray:
-    """DCA projection ``W [D, dim]`` (see the module docstring); project with ``X @ W``."""
+    """DCA projection ``W [D, dim]``; project with ``X @ W``.
+
+    Solves ``(S_B + S_W + (rho + rho') I) w = lam (S_W + rho I) w``; columns by
+    decreasing ``lam``, normalised so ``W.T @ (S_W + rho I) @ W = I``. Defaults:
+    ``rho = 0.02 * max eig(S_W)``, ``rho' = 0.1 * rho``, ``dim`` = number of
+    classes (at most D). Exactly ``dim`` columns come back, or ``UserError``:
+    when ``dim`` exceeds the ``min(D, r + 1)`` components that exist (``r`` =
+    rank of the class means, named in the message; ask
+    ``ScatterStats.components()`` first to fit what exists), when ``r = 0``,
+    and when ``S_W = 0`` leaves no default ``rho``. See the module docstring.
+    """
     return dca_fit(features, labels, dim, ridge, ridge_prime).W
 
 
@@ -155,7 +225,7 @@ def align_subspace(student_proj, teacher_proj) -> np.ndarray:
     projections of the same images, ``[N, k]`` each. The reference fits
     ``Ws`` and ``Wt`` independently and regresses ``Zs`` on ``Zt`` directly;
     each fit's columns carry an arbitrary sign (and rotation within nearly
-    equal eigenvalues), so a flip inverts a target (cdc.md §2). Use
+    equal eigenvalues), so a flip inverts a target. Use
     ``Zs @ R`` against ``Zt`` (or ``Ws @ R`` as the student basis) instead.
     """
     zs = _as_features(student_proj, allowed_ranks=(2,), name="student_proj")

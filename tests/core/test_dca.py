@@ -1,4 +1,5 @@
-"""DCA subspace: hand case, eigen-equation, normalisation, streaming == batch, alignment."""
+"""DCA subspace: hand case, eigen-equation, normalisation, streaming == batch, alignment,
+rank-deficient and constant features."""
 
 import numpy as np
 import pytest
@@ -66,12 +67,12 @@ def test_generalized_eigen_equation_and_normalisation():
 
 def test_sign_convention_and_dim():
     x, y = data(1)
-    w = dca_subspace(x, y, dim=5, ridge=0.3, ridge_prime=0.0)
-    assert w.shape == (6, 5)
+    w = dca_subspace(x, y, dim=2, ridge=0.3, ridge_prime=0.0)  # 3 classes: at most 3 components exist
+    assert w.shape == (6, 2)
     peak = np.abs(w).argmax(0)
-    assert np.all(w[peak, np.arange(5)] > 0)
+    assert np.all(w[peak, np.arange(2)] > 0)
     # flattening: [N, 2, 3] features give the same basis as [N, 6]
-    np.testing.assert_allclose(dca_subspace(x.reshape(-1, 2, 3), y, dim=5, ridge=0.3, ridge_prime=0.0), w)
+    np.testing.assert_allclose(dca_subspace(x.reshape(-1, 2, 3), y, dim=2, ridge=0.3, ridge_prime=0.0), w)
 
 
 def test_separable_two_class_direction_is_mean_difference():
@@ -159,3 +160,85 @@ def test_errors_name_arguments():
         align_subspace(np.ones((5, 2)), np.ones((5, 3)))
     with pytest.raises(UserError, match="student_proj"):
         align_subspace(np.ones(5), np.ones(5))
+
+
+def assert_solves(x, y, res):
+    """``res`` solves the DCA pencil on ``(x, y)``, decreasing, with ``W.T (S_W + rho I) W = I``."""
+    w, lam, rho, rho_p = res
+    s_w, s_b = scatters(x, y)
+    eye = np.eye(len(s_w))
+    a, b = s_w + s_b + (rho + rho_p) * eye, s_w + rho * eye
+    np.testing.assert_allclose(w.T @ b @ w, np.eye(w.shape[1]), atol=1e-9)
+    np.testing.assert_allclose(a @ w - b @ w * lam, 0, atol=1e-8 * np.abs(a).max())
+    assert np.all(np.diff(lam) <= 1e-12 * lam[0])
+    full = np.sort(np.linalg.eigvals(np.linalg.solve(b, a)).real)[::-1]
+    np.testing.assert_allclose(lam, full[:w.shape[1]], rtol=1e-9)
+
+
+def test_all_zero_channels_still_give_every_component():
+    # Half the features are 0 (dead ReLU channels): they lie in the null space of S_W and S_B,
+    # so lam = 1 + rho'/rho = 1.1 is repeated, and the 4th (ridge-made) component sits in that
+    # tie. LAPACK's bisection (eigh with subset_by_index) cut there returned fewer columns and
+    # the sign flip raised IndexError (seeds 10, 39, 61 and 76 here); every seed must give all 4.
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        y = np.arange(480) % 4
+        x = rng.normal(size=(4, 24))[y] + rng.normal(size=(480, 24))
+        dead = rng.random(24) < 0.5
+        x[:, dead] = 0
+        stats = ScatterStats(24).update(x, y)
+        assert stats.rank() == 3 and stats.components() == 4
+        res = dca_fit(x, y)
+        assert res.W.shape == (24, 4), seed
+        assert_solves(x, y, res)
+        assert res.eigenvalues[3] <= 1.1 + 1e-12 < res.eigenvalues[2]  # past rank(S_B): ridge-made
+        if dead.any():  # the all-zero directions top the ridge-made rest: lam = 1.1, projection 0
+            assert res.eigenvalues[3] == pytest.approx(1.1, rel=1e-12)
+            np.testing.assert_allclose(x @ res.W[:, 3], 0, atol=1e-10)
+
+
+def test_rank_deficient_class_means_raise_naming_the_rank():
+    # 4 classes whose means lie on one line: S_B has rank 1, so 1 + 1 components exist
+    rng = np.random.default_rng(7)
+    u = rng.normal(size=6)
+    z = rng.normal(size=(100, 6))
+    y = np.tile(np.repeat(np.arange(4), 25), 2)
+    x = 3.0 * y[:, None] * u + np.concatenate([z, -z])  # +-z: the noise leaves each class mean on the line
+    stats = ScatterStats(6).update(x, y)
+    assert stats.rank() == 1 and stats.components() == 2
+    with pytest.raises(UserError, match=r"dim=4 \(the default: number of classes\) exceeds the 2 DCA components.*"
+                                        r"rank of S_B = 1"):
+        dca_subspace(x, y)
+    with pytest.raises(UserError, match=r"dim=3 exceeds the 2 DCA components.*rank of S_B = 1.*dim <= 2"):
+        stats.subspace(3)
+    res = dca_fit(x, y, dim=stats.components())
+    assert res.W.shape == (6, 2)
+    assert_solves(x, y, res)
+    assert res.eigenvalues[1] <= 1 + res.ridge_prime / res.ridge < res.eigenvalues[0]
+    np.testing.assert_allclose(stats.fit(2).W, res.W, atol=1e-12)
+    # fewer features than classes: D bounds the default as before
+    x2, y2 = data(8, n=90, d=2, k=5)
+    assert dca_subspace(x2, y2).shape == (2, 2)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_constant_features_have_no_component(value):
+    # the tap of a dead student: S_W = S_B = 0 (constant float32 features sum exactly in float64)
+    y = np.arange(60) % 3
+    x = np.full((60, 2, 3, 3), value, np.float32)
+    stats = ScatterStats(18)
+    for idx in np.array_split(np.arange(60), 4):
+        stats.update(x[idx], y[idx])
+    assert stats.rank() == 0 and stats.components() == 0
+    for fit in (lambda: dca_subspace(x, y), lambda: stats.fit(1), lambda: dca_fit(x, y, ridge=1.0)):
+        with pytest.raises(UserError, match=r"no DCA component exists.*rank of S_B = 0.*constant"):
+            fit()
+
+
+def test_coinciding_class_means_have_no_component():
+    # every class holds the same rows: S_W > 0 but S_B = 0
+    rows = np.random.default_rng(9).normal(size=(20, 5))
+    x, y = np.concatenate([rows] * 3), np.repeat([0, 1, 2], 20)
+    assert ScatterStats(5).update(x, y).components() == 0
+    with pytest.raises(UserError, match=r"class means coincide \(rank of S_B = 0\)$"):
+        dca_subspace(x, y)
