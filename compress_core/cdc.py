@@ -196,5 +196,8 @@ def load_coarse_groups(path: str, num_classes: int) -> np.ndarray:
         raise UserError(f"coarse-label file {path} has {groups.size} entries, expected one per class "
                         f"({num_classes})")
     if not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
-        raise UserError(f"coarse-label file {path} must hold non-negative integer group ids")
+        raise UserError(f"coarse-label file {path} must hold non-negative integer group ids, "
+                        f"got {groups.dtype} values")
+    if len(np.unique(groups)) < 2:
+        raise UserError(f"coarse-label file {path} puts every class in one group; coarse labels need >= 2 groups")
     return groups.astype(np.int64)

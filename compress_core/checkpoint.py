@@ -61,9 +61,26 @@ def load_checkpoint(path: str) -> tuple[Graph, dict[str, np.ndarray], dict]:
         raise UserError(f"corrupt or unreadable checkpoint {path}: {str(e).splitlines()[0]}") from None
     if header.get("format") != FORMAT or "graph" not in header:
         raise UserError(f"{path} is not a checkpoint of this library (format {header.get('format')!r})")
-    graph = Graph.from_json(header["graph"])
+    try:
+        graph = Graph.from_json(header["graph"])
+        graph.param_shapes()  # infers every shape: a graph with missing or bad attributes fails here
+        meta = json.loads(header.get("meta", "{}"))
+        if not isinstance(meta, dict):
+            raise TypeError("metadata is not a JSON object")
+    except UserError as e:
+        raise UserError(f"checkpoint {path} holds an invalid graph: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"checkpoint {path} has a corrupt graph or metadata "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     check_params(graph, params, source=f"checkpoint {path}")
-    return graph, params, json.loads(header.get("meta", "{}"))
+    return graph, params, meta
+
+
+def check_finite(params: Mapping[str, np.ndarray], source: str) -> None:
+    """Raise :class:`UserError` naming the first parameter with a NaN or infinite value."""
+    for k, v in params.items():
+        if not np.all(np.isfinite(v)):
+            raise UserError(f"{source}: '{k}' has NaN or infinite values")
 
 
 def save_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:

@@ -56,11 +56,16 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
         raise UserError(
             f"syntax error in config file '{path}' line {e.lineno}: {e.msg}"
         ) from None
+    except Exception as e:  # noqa: BLE001 - any failure of the user's file is a user error
+        raise UserError(f"config file '{path}' failed to import: {_one_line(e)}") from None
     finally:
         del sys.modules[name]
     get_config = getattr(module, "get_config", None)
     check(callable(get_config), f"config file '{path}' does not define get_config()")
-    cfg = get_config()
+    try:
+        cfg = get_config()
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"get_config() in '{path}' failed: {_one_line(e)}") from None
     check(
         isinstance(cfg, ConfigDict),
         f"get_config() in '{path}' returned {type(cfg).__name__}, expected ConfigDict",
@@ -71,8 +76,19 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
     cfg.lock()
     validate = getattr(module, "validate", None)
     if callable(validate):
-        validate(cfg)
+        try:
+            validate(cfg)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing check of the user's file is a user error
+            raise UserError(f"validate() in '{path}' failed: {_one_line(e)}") from None
     return cfg
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` of an exception on one line."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def apply_override(cfg: ConfigDict, override: str) -> None:

@@ -48,21 +48,44 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
     })
 
 
+TRAIN_SECTIONS = ("train", "finetune", "distill", "search")
+
+
 def validate_train(cfg) -> None:
-    """Checks every file with a ``train`` section runs from its ``validate``."""
+    """Checks every file runs from its ``validate`` (and every command runs on any file):
+    the seed, the model, the data, and every training section (``train``, ``finetune``,
+    ``distill``, ``search``) with the same rules."""
     from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.errors import UserError
     from compress_core.zoo import MODELS
 
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise UserError(f"config field 'seed' must be an integer in [0, 2**32), got {seed!r}")
     check_choice(cfg, "model.name", list(MODELS))
     check_choice(cfg, "data.name", ["digits", "cifar10", "cifar100", "synthetic", "imagenet"])
     if "image_size" in cfg.data:
         check_positive(cfg, "data.image_size")
-    for f in ("train.epochs", "train.batch_size", "train.lr"):
-        check_positive(cfg, f)
-    check_range(cfg, "train.weight_decay", 0.0, None)
-    check_range(cfg, "train.momentum", 0.0, 1.0)
     check_range(cfg, "data.val_fraction", 0.0, 1.0, lo_inclusive=False)
-    check_choice(cfg, "train.schedule", ["step", "cosine", "constant"])
+    for section in TRAIN_SECTIONS:
+        if section not in cfg:
+            continue
+        t = cfg[section]
+        for f in ("epochs", "batch_size"):
+            v = t[f]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise UserError(f"config field '{section}.{f}' must be an integer, got {v!r}")
+        # a baseline needs an epoch; fine-tuning, distillation or a search may be skipped with 0
+        check_range(cfg, f"{section}.epochs", 1 if section == "train" else 0, None)
+        check_positive(cfg, f"{section}.batch_size")
+        check_positive(cfg, f"{section}.lr")
+        check_range(cfg, f"{section}.weight_decay", 0.0, None)
+        check_range(cfg, f"{section}.momentum", 0.0, 1.0)
+        check_positive(cfg, f"{section}.gamma")
+        check_choice(cfg, f"{section}.schedule", ["step", "cosine", "constant"])
+        ms = list(t.milestones)
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
+            raise UserError(f"config field '{section}.milestones' must be increasing positive epochs, got {ms}")
 
 
 def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
@@ -110,7 +133,7 @@ def validate_cdc(cfg) -> None:
     """Checks of a CDC file, before anything runs: scorer, ratio, threshold against the model."""
     from compress_core import cdc as cdc_core
     from compress_core import zoo
-    from compress_core.config import check_choice, check_range
+    from compress_core.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
 
     validate_train(cfg)
@@ -120,7 +143,17 @@ def validate_cdc(cfg) -> None:
     check_range(cfg, "cdc.ratio", 0.0, 1.0)
     check_range(cfg, "cdc.mac_target", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
     check_choice(cfg, "distill.dca_labels", ["coarse", "fine"])
-    blocks = cdc_core.mask_points(zoo.build(cfg.model.name))[-1].block + 1
+    points = cdc_core.mask_points(zoo.build(cfg.model.name))
+    blocks = points[-1].block + 1
+    if cfg.cdc.plan == "predefined" and len(cfg.cdc.widths) != len(points):
+        raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
+                        f"{cfg.model.name}), got {len(cfg.cdc.widths)} widths")
+    if cfg.distill.dca_weight < 0 or cfg.distill.kd_weight < 0 or cfg.distill.kd_temperature <= 0:
+        raise UserError("distill.dca_weight and distill.kd_weight must be >= 0 and distill.kd_temperature > 0")
+    if cfg.distill.dca_weight > 0 and not cfg.distill.dca_tap:
+        raise UserError("distill.dca_weight > 0 needs distill.dca_tap (the layer whose output is projected)")
+    check_positive(cfg, "cdc.score_batch_size")
+    check_positive(cfg, "distill.dca_refit_every")
     if not -1 <= cfg.cdc.block_threshold < blocks:
         raise UserError(f"config field 'cdc.block_threshold' is {cfg.cdc.block_threshold}, past the last block "
                         f"of {cfg.model.name} (blocks 0..{blocks - 1}; -1 for fine labels everywhere)")
@@ -250,10 +283,6 @@ def validate_hinge(cfg) -> None:
     from compress_core.config import check_choice, check_positive, check_range
 
     validate_train(cfg)
-    for section in ("search", "finetune"):
-        for f in ("epochs", "batch_size", "lr"):
-            check_positive(cfg, f"{section}.{f}")
-        check_choice(cfg, f"{section}.schedule", ["step", "cosine", "constant"])
     check_range(cfg, "hinge.ratio", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
     check_choice(cfg, "hinge.penalty", list(hinge.PENALTIES))
     check_choice(cfg, "hinge.init", list(hinge.INITS[:3]))

@@ -64,7 +64,7 @@ def validate(cfg) -> None:
     check_range(cfg, "decompose.weakening", 0.0, 1.0)
     check_range(cfg, "decompose.latency_margin", 0.0, 1.0, hi_inclusive=False)
     for f in ("decompose.cp_iters", "decompose.tucker_iters", "decompose.latency_batch", "decompose.latency_repeats",
-              "decompose.report_repeats", "finetune.epochs"):
+              "decompose.report_repeats"):
         check_positive(cfg, f)
     channels, classes = DATA_SHAPES[cfg.data.name]
     graph = zoo.build(cfg.model.name, classes, (channels, 32, 32))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from compress_core import cdc, checkpoint, data, flops
 from compress_core.criteria import discriminant
 from methods import common
-from methods.cdc_distill import coarse_groups_for, distill
+from methods.cdc_distill import check_cdc, coarse_groups_for, distill
 
 STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
 
@@ -148,10 +148,10 @@ def prune(ctx: common.Context, teacher):
 
 
 def print_table(rows: list[dict]) -> str:
-    head = f"{'model':<14}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
+    head = f"{'model':<24}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['model']:<14}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
+        lines.append(f"{r['model']:<24}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
                      f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}")
     lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time, baseline and pruned "
                  "architectures timed in turns")
@@ -182,7 +182,7 @@ def plot_widths(path: str, layers: list[dict]) -> None:
 def run(ctx: common.Context) -> dict:
     teacher = get_teacher(ctx)
     student, points, keeps, groups = prune(ctx, teacher)
-    rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "pruned", student)]
+    rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "pruned, not fine-tuned", student)]
     common.fit(ctx, student, ctx.cfg.finetune, "finetune")
     rows.append(common.summary_row(ctx, "fine-tuned", student))
     if ctx.cfg.distill.enabled:
@@ -207,7 +207,7 @@ def run(ctx: common.Context) -> dict:
 
 
 def cli(argv=None) -> int:
-    return common.main(run, __doc__.splitlines()[0], "cdc_resnet20_digits.py", argv)
+    return common.main(run, __doc__.splitlines()[0], "cdc_resnet20_digits.py", argv, check=check_cdc)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from compress_core import checkpoint, config, data, flops, zoo
+from compress_core import checkpoint, config, data, fileio, flops, zoo
 from compress_core.errors import UserError
-from compress_core.fileio import atomic_write_json
 from compress_core.schedule import classification_metrics, learning_rate
 
 HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
@@ -59,29 +59,66 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
 
 
 def main(run: Callable[[Context], dict], description: str, default_config: str,
-         argv: Sequence[str] | None = None, extra=None, subdir: str = "") -> int:
+         argv: Sequence[str] | None = None, extra=None, subdir: str = "",
+         check: Callable[[Context], None] | None = None) -> int:
     """Parse the command line, prepare the work directory, call ``run``; user errors exit 2.
 
     ``extra(parser)`` may add method-specific flags; their values are in ``ctx.args``.
-    The default work directory is the config's ``workdir`` joined with ``subdir``.
+    ``check(ctx)`` runs the method's checks that need the data (class counts, layer names)
+    before the work directory is touched. The default work directory is the config's
+    ``workdir`` joined with the backend's name and ``subdir``.
     """
     try:
-        ctx = prepare(argv, description, default_config, extra, subdir)
+        ctx = prepare(argv, description, default_config, extra, subdir, check, _command(run))
         run(ctx)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        for h in log.handlers:  # a run that started keeps the reason in its log.txt
+            if isinstance(h, logging.FileHandler):
+                h.handle(log.makeRecord(log.name, logging.ERROR, "", 0, f"error: {e}", None, None))
         return 2
 
 
-def prepare(argv, description, default_config, extra=None, subdir="") -> Context:
+def _command(run) -> str:
+    """``methods.<name>`` of the module defining ``run`` (also when it runs as ``python -m``)."""
+    spec = getattr(run, "__globals__", {}).get("__spec__")
+    return spec.name if spec is not None else getattr(run, "__module__", "")
+
+
+def check_workdir(workdir: str) -> None:
+    """A one-line error unless ``workdir`` is, or can be made as, a writable directory.
+
+    The nearest existing folder gets a probe file (created and removed at once), so a
+    read-only folder or file system fails here, not after hours of training.
+    """
+    if not workdir or not workdir.strip():
+        raise UserError("--workdir is empty; give a directory")
+    path = os.path.abspath(workdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"work directory '{workdir}' is a file, not a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"work directory '{workdir}' cannot be created: '{existing}' is a file")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"work directory '{workdir}' is not writable ({existing}: {e.strerror})") from None
+
+
+def prepare(argv, description, default_config, extra=None, subdir="", check=None, command="") -> Context:
     """Everything that can fail on bad input happens here, before the work directory is touched."""
     from backends.base import get_backend
 
     args, overrides = parse_args(argv, description, default_config, extra)
     cfg = config.load_config(args.config, overrides)
     backend = get_backend(args.backend)
-    workdir = args.workdir or os.path.join(cfg.workdir, subdir)
+    workdir = os.path.join(cfg.workdir, args.backend, subdir) if args.workdir is None else args.workdir
+    check_workdir(workdir)
     splits = load_data(cfg)
     # a bad checkpoint fails here, before anything is written
     for path in [getattr(args, f, None) for f in ("checkpoint", "student", "teacher")] + [
@@ -96,11 +133,21 @@ def prepare(argv, description, default_config, extra=None, subdir="") -> Context
         if have.arch != want.arch or have.param_shapes() != want.param_shapes():
             raise UserError(f"model.init checkpoint {init} holds a '{have.arch}' with other layer shapes "
                             f"than the config's model '{want.arch}'")
-    resolved = dict(config.config_to_dict(cfg), backend=args.backend)
+    ctx = Context(cfg, backend, workdir, splits, args)
+    if check is not None:
+        check(ctx)
+    resolved = dict(config.config_to_dict(cfg), backend=args.backend, command=command)
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
-        with open(saved) as f:
-            previous = json.load(f)
+        try:
+            with open(saved) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"work directory '{workdir}' has an unreadable config.json ({e}); "
+                            f"choose another --workdir") from None
+        if previous.get("command", command) != command:
+            raise UserError(f"work directory '{workdir}' holds a {previous['command']} run, not {command}; "
+                            f"choose another --workdir")
         if previous != resolved:
             old, new = _flat(previous), _flat(resolved)
             diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
@@ -108,12 +155,12 @@ def prepare(argv, description, default_config, extra=None, subdir="") -> Context
             raise UserError(f"work directory '{workdir}' holds a run with another config "
                             f"({'; '.join(diff[:4])}); choose another --workdir")
     os.makedirs(workdir, exist_ok=True)
-    atomic_write_json(saved, resolved)
+    fileio.atomic_write_json(saved, resolved)
     _setup_logging(os.path.join(workdir, "log.txt"))
     log.info("backend %s, config %s, work directory %s", args.backend, args.config, workdir)
     for k, v in config.flatten(cfg).items():
         log.debug("config %s = %r", k, v)
-    return Context(cfg, backend, workdir, splits, args)
+    return ctx
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -154,8 +201,9 @@ def build_model(ctx: Context, widths=None):
 
 
 def checkpoint_graph(path: str, splits: data.DataSplits | None = None):
-    """The graph of a checkpoint, checked against the data it will see."""
-    graph, _, _ = checkpoint.load_checkpoint(path)
+    """The graph of a checkpoint, checked against the data it will see (and for NaN weights)."""
+    graph, params, _ = checkpoint.load_checkpoint(path)
+    checkpoint.check_finite(params, f"checkpoint {path}")
     if splits is not None:
         want = (tuple(splits.train.x.shape[1:]), splits.num_classes)
         have = (graph.input_shape, graph.num_classes)
@@ -197,22 +245,33 @@ def summary_row(ctx: Context, name: str, model) -> dict:
 
 
 # -- training -----------------------------------------------------------------------------------
+#: a stage's files, one consistent set per finished epoch (see :func:`fit`)
+EPOCH_FILES = ("last.safetensors", "best.safetensors", "optimizer.safetensors", "state.json")
+
+
 def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_epoch=None,
         on_step=None, optim=None) -> dict:
     """Train ``model`` with SGD as ``tcfg`` says; resumable from ``<workdir>/<stage>/``.
 
     After every epoch the model (``last.safetensors``), the best model on the
-    validation split (``best.safetensors``) and the optimiser state are written
-    atomically; a rerun continues after the last finished epoch. The data order
-    of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the
-    same batches as an uninterrupted one. ``loss`` is a ``LossSpec`` (default:
-    cross-entropy + the config's weight decay); ``batch_extras(x)`` returns the
-    extra inputs of a step (teacher logits, feature targets); ``on_epoch(epoch,
-    trainer)`` runs before each epoch (e.g. refitting a projection) and ends the
-    training there when it returns True (a stopping rule); ``on_step(lr, trainer)``
-    runs after each step (e.g. a proximal step); ``optim`` overrides the
-    :class:`OptimSpec` built from ``tcfg`` (e.g. per-parameter learning rates). Returns the
-    history and best epoch; on return ``model`` holds the best-validation weights.
+    validation split so far (``best.safetensors``), the optimiser state and the
+    history (``state.json``) are written as one set: into a hidden folder that is
+    renamed to ``<stage>/epoch-NNNNNN/`` once all of them are on disk, then mirrored
+    into ``<stage>/`` as hard links. A rerun resumes from the newest complete set
+    only, so a kill at any instant loses at most the running epoch and the resumed
+    run ends with the same weights and history as an uninterrupted one. The data
+    order of epoch ``e`` depends only on ``(seed, e)``. A loss that becomes NaN or
+    infinite stops the run with a :class:`UserError` naming the stage and epoch; the
+    last complete set stays as it was.
+
+    ``loss`` is a ``LossSpec`` (default: cross-entropy + the config's weight decay);
+    ``batch_extras(x)`` returns the extra inputs of a step (teacher logits, feature
+    targets); ``on_epoch(epoch, trainer)`` runs before each epoch (e.g. refitting a
+    projection) and ends the training there when it returns True (a stopping rule);
+    ``on_step(lr, trainer)`` runs after each step (e.g. a proximal step); ``optim``
+    overrides the :class:`OptimSpec` built from ``tcfg`` (e.g. per-parameter learning
+    rates). Returns the history and best epoch; on return ``model`` holds the
+    best-validation weights.
     """
     from tqdm import tqdm
 
@@ -220,17 +279,22 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
 
     backend, splits = ctx.backend, ctx.splits
     d = os.path.join(ctx.workdir, stage)
-    last, best, state_path = (os.path.join(d, f) for f in ("last.safetensors", "best.safetensors", "state.json"))
+    store = fileio.Snapshots(d)
     loss = loss or LossSpec(weight_decay=tcfg.weight_decay)
     trainer = backend.trainer(model, loss, optim or OptimSpec(tcfg.momentum, tcfg.nesterov))
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
-    if os.path.exists(state_path):
-        with open(state_path) as f:
+    latest = store.latest()
+    if latest is not None:
+        snap = latest[1]
+        with open(os.path.join(snap, "state.json")) as f:
             state = json.load(f)
-        _, params, _ = checkpoint.load_checkpoint(last)
-        backend.set_weights(model, params)
-        trainer.load_state(checkpoint.load_arrays(os.path.join(d, "optimizer.safetensors")))
+        backend.set_weights(model, checkpoint.load_checkpoint(os.path.join(snap, "last.safetensors"))[1])
+        trainer.load_state(checkpoint.load_arrays(os.path.join(snap, "optimizer.safetensors")))
+        store.publish(snap, EPOCH_FILES)  # a kill may have stopped the mirroring half-way
         log.info("[%s] resuming after epoch %d", stage, state["epoch"])
+    elif os.path.exists(os.path.join(d, "state.json")):
+        raise UserError(f"{d} holds a stage written by an older version of this library (no epoch-NNNNNN "
+                        f"folder to resume from); choose another --workdir")
     augment = data.flip_and_crop if tcfg.augment else None
     for epoch in range(state["epoch"], tcfg.epochs):
         if on_epoch and on_epoch(epoch, trainer):
@@ -245,6 +309,11 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
                    desc=f"{stage} {epoch + 1}/{tcfg.epochs}", leave=False, disable=None)
         for x, y in bar:
             out = trainer.step(x, y, lr, **(batch_extras(x) if batch_extras else {}))
+            if not np.isfinite(out["loss"]):
+                good = (f"; the last good checkpoint is {os.path.join(d, 'last.safetensors')} (epoch "
+                        f"{state['epoch']})" if state["epoch"] else "")
+                raise UserError(f"[{stage}] the loss became {out['loss']} in epoch {epoch + 1} (learning rate "
+                                f"{lr:g}): training stopped{good}")
             if on_step:
                 on_step(lr, trainer)
             for k, v in out.items():
@@ -258,15 +327,21 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         state["history"].append(row)
         log.info("[%s] epoch %d/%d lr %.4g loss %.4f val acc %.2f%% (%.1fs)", stage, epoch + 1,
                  tcfg.epochs, lr, row["train_loss"], val["accuracy"], row["time_s"])
-        save_model(backend, model, last, epoch=epoch + 1)
-        if val["accuracy"] > state["best_val"]:
+        previous = store.latest()
+        tmp = store.begin(epoch + 1)
+        save_model(backend, model, os.path.join(tmp, "last.safetensors"), epoch=epoch + 1)
+        if val["accuracy"] > state["best_val"] or previous is None:
             state["best_val"], state["best_epoch"] = val["accuracy"], epoch + 1
-            save_model(backend, model, best, epoch=epoch + 1)
-        checkpoint.save_arrays(os.path.join(d, "optimizer.safetensors"), trainer.state())
+            fileio.link_or_copy(os.path.join(tmp, "last.safetensors"), os.path.join(tmp, "best.safetensors"))
+        else:
+            fileio.link_or_copy(os.path.join(previous[1], "best.safetensors"), os.path.join(tmp, "best.safetensors"))
+        checkpoint.save_arrays(os.path.join(tmp, "optimizer.safetensors"), trainer.state())
         state["epoch"] = epoch + 1
-        atomic_write_json(state_path, state)  # written last: it marks the epoch as complete
-    if os.path.exists(best):
-        backend.set_weights(model, checkpoint.load_checkpoint(best)[1])
+        fileio.atomic_write_json(os.path.join(tmp, "state.json"), state)
+        store.publish(store.commit(epoch + 1, tmp), EPOCH_FILES)
+    latest = store.latest()
+    if latest is not None:
+        backend.set_weights(model, checkpoint.load_checkpoint(os.path.join(latest[1], "best.safetensors"))[1])
     return state
 
 
@@ -302,5 +377,5 @@ def latency(backend, model, batch: int, repeats: int = 20) -> float:
 
 
 def write_metrics(ctx: Context, metrics: dict) -> None:
-    atomic_write_json(ctx.path("metrics.json"), metrics)
+    fileio.atomic_write_json(ctx.path("metrics.json"), metrics)
     log.info("metrics written to %s", ctx.path("metrics.json"))
