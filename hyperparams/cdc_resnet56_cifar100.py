@@ -1,4 +1,4 @@
-"""CDC on ResNet-56 / CIFAR-100 with the reference's coherent settings (docs/methods/cdc.md §3).
+"""CDC on ResNet-56 / CIFAR-100 with the reference's coherent settings.
 
 Taken from the reference's distillation file, whose ResNet-56 settings are consistent
 (the pruning file's ResNet-164 width table and threshold 27 are stale leftovers):

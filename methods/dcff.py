@@ -36,7 +36,7 @@ from compress_core.criteria import dcff as crit
 from compress_core.fileio import atomic_write_json
 from methods import common
 
-#: the released code's schedule (dcff.md section 1f): t_s, t_e and k per epoch
+#: the released code's schedule: t_s, t_e and k, with t computed per epoch (t = 1, 4622, 7616, ...)
 PAPER_SCHEDULE = (1.0, 1e4, 1.0)
 
 

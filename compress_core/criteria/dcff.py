@@ -12,7 +12,7 @@ flattened per filter and ``t > 0`` the temperature (it multiplies the distance:
 * fused filters ``W'_j = sum_i p_j(i) F_i`` for kept ``j`` (:func:`dcff_fuse`),
 * the temperature schedule of the reference (:func:`temperature`).
 
-Departures from the released code (see docs/methods/dcff.md): the KL divergence is
+Departures from the released code (lmbxmu/DCFF) and MMRazor's rewrite: the KL divergence is
 computed from log-probabilities with no ``+1e-7``, so it is finite at every
 temperature (the reference's scores are NaN from epoch 1 on, and MMRazor's are all
 equal); memory is ``O(n^2)`` instead of the reference's ``O(n^3)``; distances are

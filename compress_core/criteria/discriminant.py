@@ -1,6 +1,6 @@
 """Class-discriminative channel scores of CDC (Liu, Wentzlaff, Kung, ICPR 2022).
 
-See docs/methods/cdc.md §1.2-1.4. For every channel and every class ``c``,
+As the reference computes them: for every channel and every class ``c``,
 ``P`` = the observations from images of class ``c`` and ``Q`` = the
 observations from all other images (one-versus-rest). ``features`` is
 ``[N, C]`` or ``[N, C, H, W]``; for 4-D input every spatial position of a

@@ -3,7 +3,8 @@
 Each case is a one-conv graph; the decomposed graph is built by the backend and its
 output compared with the original conv's output in the same backend (and with the
 numpy oracle), for the strides, paddings, dilations, biases and groups that the
-reference gets wrong (docs/methods/decomposition.md, section 1.3).
+reference gets wrong (its CP layers swap the two spatial axes and drop the stride, padding
+and dilation of the original conv; its Tucker-2 ignores groups and dilation).
 """
 
 from __future__ import annotations
