@@ -5,8 +5,10 @@
   that the answer does not depend on the orientation of the matrix (it is
   transposed to ``L <= M``) nor on its scale (it is divided by its RMS value
   before the noise variance is fitted, so a weight and ``1e-3`` times it get the
-  same rank). It needs singular values only: the eigenvalues of the ``L x L`` Gram
-  matrix, without singular vectors (:func:`evbmf_spectrum` takes them directly).
+  same rank). The noise variance is the global minimum of the EVB free energy, which
+  can have a local minimum per signal level (a scan, then a polish). It needs singular
+  values only: the eigenvalues of the ``L x L`` Gram matrix, without singular vectors
+  (:func:`evbmf_spectrum` takes them directly).
 * :func:`tucker2` factorises the output and input channel modes of an OIHW
   kernel (HOOI through tensorly's numpy backend); :func:`cp` gives the rank-R
   CP factors of Lebedev et al. (2015) by ALS from a seeded initialisation.
@@ -55,26 +57,42 @@ def tau_bar(alpha: float) -> float:
     return float(brentq(f, 1e-3 * math.sqrt(alpha), 10.0, xtol=1e-14, rtol=1e-14))
 
 
-def _evb_free_energy(sigma2: float, gamma2: np.ndarray, L: int, M: int, xbar: float) -> float:
+def _evb_free_energy(sigma2, gamma2: np.ndarray, L: int, M: int, xbar: float):
     """EVB objective in ``sigma2`` (Nakajima et al. 2013, eq. for the empirical noise variance).
 
     ``Omega = sum_h phi(x_h)`` with ``x_h = gamma_h^2 / (M sigma2)``,
     ``phi(x) = x - log x`` for ``x <= xbar`` and
     ``phi(x) = x - log x + log(tau + 1) + alpha log(tau / alpha + 1) - tau`` above, where
     ``tau(x) = (x - 1 - alpha + sqrt((x - 1 - alpha)^2 - 4 alpha)) / 2``. All ``L``
-    singular values are used, so the residual term of the reference is 0.
+    singular values are used, so the residual term of the reference is 0; a zero
+    ``gamma_h`` counts as ``x_h = 1e-300`` (a constant). ``gamma2`` descending; ``sigma2``
+    a scalar (a float is returned) or an array (one value per entry).
+
+    Above ``xbar``, ``x - tau = 1 + alpha + alpha / tau`` (``tau`` solves
+    ``tau^2 - (x - 1 - alpha) tau + alpha = 0``) replaces the difference of two large
+    numbers. Below it ``sum (x_h - log x_h) = sum gamma_h^2 / (M sigma2) - sum log gamma_h^2
+    + n log(M sigma2)`` over the trailing ``n`` values, from suffix sums: a scan of
+    thousands of ``sigma2`` costs one array of ``sigma2`` by the values above ``xbar``.
     """
     alpha = L / M
-    x = gamma2 / (M * sigma2)
-    x = np.maximum(x, 1e-300)
-    phi = x - np.log(x)
-    big = x > xbar
-    if np.any(big):
-        z = x[big]
-        b = z - 1 - alpha
+    s = np.asarray(sigma2, np.float64)
+    ms = M * s
+    pos = gamma2[gamma2 > 0]
+    const = (len(gamma2) - len(pos)) * (1e-300 - math.log(1e-300))
+    # suffix sums of the values and their logs: [h:] for h = 0 .. len(pos)
+    tail = np.concatenate((np.cumsum(pos[::-1])[::-1], [0.0]))
+    tail_log = np.concatenate((np.cumsum(np.log(pos[::-1]))[::-1], [0.0]))
+    n_big = np.searchsorted(-pos, -xbar * ms, side="left")  # number of gamma_h^2 > M sigma2 xbar
+    out = tail[n_big] / ms - tail_log[n_big] + (len(pos) - n_big) * np.log(ms) + const
+    big = pos[:int(np.max(n_big, initial=0))]
+    if len(big):
+        x = big / ms[..., None]
+        b = np.maximum(x, xbar) - 1 - alpha  # below xbar tau / alpha could reach -1: no log of <= 0
         tau = 0.5 * (b + np.sqrt(np.maximum(b * b - 4 * alpha, 0.0)))
-        phi[big] += np.log1p(tau) + alpha * np.log1p(tau / alpha) - tau
-    return float(phi.sum())
+        phi = 1 + alpha + alpha / tau - np.log(x) + np.log1p(tau) + alpha * np.log1p(tau / alpha)
+        # the comparison that counted n_big, so that no value is in both sums or in neither
+        out = out + np.where(big > (xbar * ms)[..., None], phi, 0.0).sum(axis=-1)
+    return float(out) if s.ndim == 0 else out
 
 
 def _gram_eigenvalues(y: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -90,17 +108,77 @@ def _gram_eigenvalues(y: np.ndarray) -> tuple[np.ndarray, int, int]:
     return np.clip(gamma2, 0.0, None), L, M
 
 
+_SCAN_STEP = 0.01  # log-spacing of the scan of sigma2: 1 % steps
+_SCAN_MIN = 64  # grid points of a narrow interval
+
+
+def _global_minimum(g: np.ndarray, L: int, M: int, xbar: float, lower: float, upper: float) -> float:
+    """The ``sigma2`` in ``[lower, upper]`` of least :func:`_evb_free_energy`: scan, then polish.
+
+    With several signal levels the objective can have several local minima (a single
+    bounded Brent search stops in whichever it meets first). It is smooth between the breakpoints
+    ``gamma_h^2 / (M xbar)``, where an ``x_h`` crosses ``xbar``: the scan evaluates it there
+    and on a grid of ``sigma2`` log-spaced by 1 %, then a bounded Brent search between the
+    neighbours of the best grid point, and of every other local minimum of the scan whose
+    parabola through its neighbours dips to the best scanned value, polishes it. The best
+    point found wins, so the answer is never worse than the scan.
+
+    The scan starts no lower than ``eps gamma_1^2 / xbar``, where the threshold ``M sigma2 xbar``
+    is ``M eps gamma_1^2``, the rounding of Gram eigenvalues (sums of ``M`` products): for a
+    matrix of exact low rank ``lower`` is that small or 0, and the minimum below would keep
+    rounding values.
+    """
+    lower = max(lower, np.finfo(np.float64).eps * float(g[0]) / xbar)
+    if lower >= upper:
+        return upper
+    n = max(_SCAN_MIN, math.ceil(math.log(upper / lower) / _SCAN_STEP) + 1)
+    breaks = g / (M * xbar)
+    t = np.union1d(np.geomspace(lower, upper, n), breaks[(breaks > lower) & (breaks < upper)])
+    f = _evb_free_energy(t, g, L, M, xbar)
+    best = int(np.argmin(f))
+    sigma2, f_best = float(t[best]), float(f[best])
+    if len(t) < 3:  # an interval a few ulps wide (lower = upper in exact arithmetic)
+        return sigma2
+    padded = np.concatenate(([np.inf], f, [np.inf]))
+    minima = np.flatnonzero((f < padded[:-2]) & (f <= padded[2:]))  # a plateau once, by its first point
+    u = np.log(t)
+    for j in minima:
+        p = min(max(j - 1, 0), len(t) - 3)  # three points, also at an end of the interval
+        if j != best and _parabola_min(u[p:p + 3], f[p:p + 3]) > f[best]:
+            continue
+        res = minimize_scalar(_evb_free_energy, bounds=(t[max(j - 1, 0)], t[min(j + 1, len(t) - 1)]),
+                              args=(g, L, M, xbar), method="bounded", options={"xatol": 1e-10 * upper})
+        if res.fun < f_best:
+            sigma2, f_best = float(res.x), float(res.fun)
+    return sigma2
+
+
+def _parabola_min(u: np.ndarray, f: np.ndarray) -> float:
+    """Least value of the parabola ``f0 + d1 (u - u0) + c (u - u0)(u - u1)`` through three points
+    ``(u_i, f_i)``, at ``u = (u0 + u1) / 2 - d1 / (2 c)``; ``-inf`` if it opens downward, ``min f`` if a line."""
+    d1 = (f[1] - f[0]) / (u[1] - u[0])
+    d2 = (f[2] - f[1]) / (u[2] - u[1])
+    c = (d2 - d1) / (u[2] - u[0])  # f = f0 + d1 (u - u0) + c (u - u0)(u - u1)
+    if c <= 0:
+        return float(f.min()) if c == 0 else -math.inf
+    v = 0.5 * (u[0] + u[1]) - d1 / (2 * c)
+    return float(f[0] + d1 * (v - u[0]) + c * (v - u[0]) * (v - u[1]))
+
+
 def evbmf_spectrum(gamma2, L: int, M: int) -> EVBMFResult:
     """EVBMF from the squared singular values ``gamma2`` (descending) of an ``L x M`` matrix, ``L <= M``.
 
-    ``alpha = L / M``; the noise variance ``sigma2`` minimises :func:`_evb_free_energy`
+    ``alpha = L / M``; the noise variance ``sigma2`` is the global minimum of :func:`_evb_free_energy`
     over ``[max(gamma_{k+1}^2 / (M xbar), mean_{h>k} gamma_h^2 / M), sum gamma^2 / (L M)]``
     (``k = ceil(L / (1 + alpha)) - 1``, ``xbar = (1 + tau)(1 + alpha / tau)``,
     ``tau`` = :func:`tau_bar`); values ``gamma_h > sqrt(M sigma2 xbar)`` are kept and shrink to
     ``gamma/2 (1 - (L+M) sigma2/gamma^2 + sqrt((1 - (L+M) sigma2/gamma^2)^2 - 4 L M sigma2^2/gamma^4))``.
-    The spectrum is divided by its mean ``sum gamma^2 / (L M)`` (the matrix by its RMS
-    value) before the fit and ``sigma2`` scaled back, so the optimiser's tolerance is
-    relative and the rank does not depend on the scale.
+    The objective can have a local minimum per signal level: it is scanned on a 1 %
+    log-spaced grid of ``sigma2`` plus the breakpoints ``gamma_h^2 / (M xbar)``, and a
+    bounded Brent search polishes the best bracket (:func:`_global_minimum`; never worse
+    than the best scanned point). The spectrum is divided by its mean ``sum gamma^2 / (L M)``
+    (the matrix by its RMS value) before the fit and ``sigma2`` scaled back, so the
+    optimiser's tolerance is relative and the rank does not depend on the scale.
     """
     g = np.asarray(gamma2, np.float64)
     if g.ndim != 1 or len(g) != L or not 0 < L <= M:
@@ -116,12 +194,7 @@ def evbmf_spectrum(gamma2, L: int, M: int) -> EVBMFResult:
     k = min(math.ceil(L / (1 + alpha)) - 1, L - 1)
     upper = 1.0  # sum gamma^2 / (L M) after the normalisation
     lower = max(g[k] / (M * xbar), g[k:].mean() / M)
-    if lower < upper:
-        res = minimize_scalar(_evb_free_energy, bounds=(lower, upper), args=(g, L, M, xbar),
-                              method="bounded", options={"xatol": 1e-10 * upper})
-        sigma2 = float(res.x)
-    else:
-        sigma2 = upper
+    sigma2 = _global_minimum(g, L, M, xbar, lower, upper) if lower < upper else upper
     threshold2 = M * sigma2 * xbar
     rank = int(np.sum(g > threshold2))
     g2 = g[:rank]

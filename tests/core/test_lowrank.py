@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize_scalar
 
 from compress_core import decompose, flops, lowrank
 from compress_core.errors import UserError
@@ -83,6 +84,95 @@ def test_evbmf_ranks_are_those_of_the_previous_implementation():
         s = np.linalg.svd(y, compute_uv=False)
         assert lowrank.evbmf_spectrum(s ** 2, *sorted(y.shape)).rank == rank
 
+
+
+def _levels(L, M, levels, noise, seed):
+    """Orthonormal factors, singular values ``level`` repeated ``count`` times per ``(level, count)``,
+    zeros after them, plus i.i.d. N(0, noise^2)."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.normal(size=(L, L)))[0]
+    v = np.linalg.qr(rng.normal(size=(M, L)))[0]
+    s = np.concatenate([np.full(count, level) for level, count in levels] + [np.zeros(L)])[:L]
+    return (u * s) @ v.T + noise * rng.normal(size=(L, M))
+
+
+def _free_energy(sigma2, gamma2, L, M):
+    """The EVB objective of the docstring, re-derived term by term, at every ``sigma2`` (an array)."""
+    alpha = L / M
+    tau_b = lowrank.tau_bar(alpha)
+    xbar = (1 + tau_b) * (1 + alpha / tau_b)
+    out = np.empty(len(sigma2))
+    for i in range(0, len(sigma2), 10_000):
+        x = gamma2[None, :] / (M * sigma2[i:i + 10_000, None])
+        z = np.maximum(x, xbar)  # tau is only needed above xbar
+        tau = 0.5 * (z - 1 - alpha + np.sqrt((z - 1 - alpha) ** 2 - 4 * alpha))
+        extra = np.log(1 + tau) + alpha * np.log(1 + tau / alpha) - tau
+        out[i:i + 10_000] = (x - np.log(x) + np.where(x > xbar, extra, 0.0)).sum(axis=1)
+    return out, xbar
+
+
+def _interval(gamma2, L, M, xbar):
+    """The docstring's ``[max(gamma_{k+1}^2 / (M xbar), mean_{h>k} gamma_h^2 / M), sum gamma^2 / (L M)]``."""
+    k = math.ceil(L / (1 + L / M)) - 1
+    return max(gamma2[k] / (M * xbar), gamma2[k:].mean() / M), gamma2.sum() / (L * M)
+
+
+
+def test_evb_free_energy_of_many_sigma2_is_the_formula_term_by_term():
+    y = _levels(16, 144, [(10.0, 4), (4.0, 6)], 0.15, seed=0)
+    g = np.linalg.svd(y, compute_uv=False) ** 2
+    sigma2 = np.geomspace(1e-4, 10.0, 997)  # every x_h from far below to far above xbar
+    want, xbar = _free_energy(sigma2, g, 16, 144)
+    got = lowrank._evb_free_energy(sigma2, g, 16, 144, xbar)
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+    assert lowrank._evb_free_energy(float(sigma2[500]), g, 16, 144, xbar) == pytest.approx(want[500], rel=1e-12)
+
+def test_evbmf_keeps_both_signal_levels_of_the_reported_spectrum():
+    """12x108, singular values 4 x 10, 5 x 6, 3 x 0, noise 0.1: the spectrum of the bug report
+    (10.2 .. 9.8, 6.3 .. 5.9, then 1.1, 1.0, 0.95). Both levels are far above the noise: rank 9."""
+    y = _levels(12, 108, [(10.0, 4), (6.0, 5)], 0.1, seed=1)
+    g = np.linalg.svd(y, compute_uv=False) ** 2
+    assert np.all(np.abs(np.sqrt(g[:9]) - np.repeat([10.0, 6.0], [4, 5])) < 0.4) and np.sqrt(g[9]) < 1.2
+    res = lowrank.evbmf(y)
+    assert res.rank == 9
+    assert lowrank.evbmf(y.T).rank == 9 and lowrank.evbmf(1e-3 * y).rank == 9
+    # the objective has a second, higher local minimum that keeps only the first level: one bounded Brent
+    # search over the interval (the previous implementation) stops in it
+    f, xbar = _free_energy(np.array([res.sigma2]), g, 12, 108)
+    lower, upper = _interval(g, 12, 108, xbar)
+    local = minimize_scalar(lambda s: _free_energy(np.array([s]), g, 12, 108)[0][0], bounds=(lower, upper),
+                            method="bounded", options={"xatol": 1e-10 * upper})
+    assert np.sum(g > 108 * local.x * xbar) == 4 and local.fun > f[0] + 1.0
+
+
+
+def test_evbmf_of_an_exact_low_rank_matrix_keeps_no_rounding_value():
+    """Without noise the trailing Gram eigenvalues are rounding (~1e-16 of the largest), where the free
+    energy keeps falling: the search stops at the rounding level, so the rank is the exact rank."""
+    rng = np.random.default_rng(0)
+    for L, M, r in ((20, 50, 3), (64, 576, 20), (10, 10, 1)):
+        y = rng.normal(size=(L, r)) @ rng.normal(size=(r, M))
+        assert lowrank.evbmf_rank(y) == r and lowrank.evbmf_rank(y.astype(np.float32)) == r
+        assert lowrank.evbmf_rank(y.T) == r
+
+@pytest.mark.parametrize("L,M,levels,seed", [
+    (12, 108, [(10.0, 4), (6.0, 5)], 0), (16, 144, [(10.0, 4), (4.0, 6)], 1), (24, 96, [(10.0, 4), (6.0, 5)], 2),
+    (12, 108, [(10.0, 3), (5.0, 4), (2.5, 4)], 0), (12, 108, [(10.0, 2), (6.0, 3), (3.5, 4)], 3),
+    (24, 96, [(10.0, 3), (5.0, 4), (2.5, 4)], 1), (24, 96, [(10.0, 3), (5.0, 4), (2.5, 4)], 3),
+    (32, 288, [(12.0, 3), (6.0, 4), (3.0, 5)], 2)])
+def test_evbmf_noise_variance_is_the_global_minimum_of_a_dense_scan(L, M, levels, seed):
+    y = _levels(L, M, levels, 0.1 if L == 12 else 0.15, seed)
+    g = np.linalg.svd(y, compute_uv=False) ** 2
+    res = lowrank.evbmf_spectrum(g, L, M)
+    f_res, xbar = _free_energy(np.array([res.sigma2]), g, L, M)
+    lower, upper = _interval(g, L, M, xbar)
+    grid = np.geomspace(lower, upper, 200_000)
+    f = _free_energy(grid, g, L, M)[0]
+    best = int(np.argmin(f))
+    assert lower <= res.sigma2 <= upper
+    assert f_res[0] <= f[best] + 1e-9 * abs(f[best])
+    assert res.rank == np.sum(g > M * grid[best] * xbar)
+    assert res.threshold == pytest.approx(math.sqrt(M * res.sigma2 * xbar), rel=1e-12)
 
 def test_tucker2_ranks_of_a_1x1_kernel_are_one_evbmf():
     y = _decaying(48, 96, 0.05, seed=3)
