@@ -1,12 +1,12 @@
 """The adapter contract: what a backend must offer the methods.
 
-A backend turns a :class:`compress_core.graph.Graph` into a live model of its
+A backend turns a :class:`compress_core.ir.graph.Graph` into a live model of its
 framework and exchanges everything else with the methods as numpy arrays in the
 canonical layout (OIHW kernels, ``[out, in]`` dense weights, NCHW activations).
 The methods never import a framework; they call :func:`get_backend` and this
 interface. Semantics every backend must match (the parity suite checks them):
 
-* parameters start from :func:`compress_core.init.init_params` (numpy, seeded),
+* parameters start from :func:`compress_core.ir.init.init_params` (numpy, seeded),
   so the same seed gives the same network in every backend;
 * BatchNorm uses ``eps`` and ``momentum`` from the graph; training normalises
   with the biased batch variance and updates the running variance with the
@@ -37,7 +37,7 @@ import numpy as np
 
 from compress_core.criteria.discriminant import spatial_sums
 from compress_core.errors import UserError
-from compress_core.graph import Graph
+from compress_core.ir.graph import Graph
 
 BACKENDS = ("torch", "tf")
 
@@ -203,11 +203,6 @@ class Backend(abc.ABC):
             model.graph[n]  # an unknown layer name fails before any work
         for x, y in batches:
             yield self.spatial_sums(model, x, taps, bn_batch_stats), y
-
-    def prunable_layers(self, model: Model):
-        """Convolutions and dense layers with their channel coupling (see compress_core.graph)."""
-        from compress_core.coupling import prunable_layers
-        return prunable_layers(model.graph)
 
 
 def get_backend(name: str, **options: Any) -> Backend:

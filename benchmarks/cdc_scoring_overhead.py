@@ -18,8 +18,10 @@ import time
 import numpy as np
 
 from backends.base import get_backend
-from compress_core import cdc, data, zoo
-from compress_core.config import load_config
+from compress_core import data
+from compress_core.data.config import load_config
+from compress_core.ir import zoo
+from compress_core.recipes import cdc
 from methods import cdc_prune, common
 
 CASES = {"resnet20 digits 8x8": ("resnet20", (1, 8, 8)), "resnet56 32x32": ("resnet56", (3, 32, 32))}

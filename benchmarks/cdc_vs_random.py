@@ -24,8 +24,8 @@ import tempfile
 import numpy as np
 
 from backends.base import get_backend
-from compress_core import cdc
-from compress_core.config import load_config
+from compress_core.data.config import load_config
+from compress_core.recipes import cdc
 from methods import cdc_prune, common
 from methods.cdc_distill import coarse_groups_for
 
@@ -37,12 +37,12 @@ def one_split(backend, seed: int, draws: int, mac_target: float, overrides: list
                       [f"cdc.mac_target={mac_target}", f"seed={seed}", *overrides])
     work = tempfile.mkdtemp(prefix="cdc-bench-")
     ctx = common.Context(cfg, backend, work, common.load_data(cfg))
-    teacher = cdc_prune.get_teacher(ctx)
+    teacher = common.start_model(ctx)
     points = cdc.mask_points(teacher.graph)
     groups = coarse_groups_for(ctx, teacher)
     scores = cdc_prune.score_channels(ctx, teacher, points, groups)
     counts = cdc_prune.plan_counts(ctx, teacher.graph, points)
-    candidates = {"cdc (gsd)": cdc.select_top(scores, counts)}
+    candidates = {"cdc (gsd)": cdc.select_top(points, scores, counts)}
     for s in range(draws):
         rng = np.random.default_rng([100 + s, seed])
         candidates[f"random #{s + 1}"] = [np.sort(rng.choice(pt.width, k, replace=False))

@@ -5,7 +5,7 @@ For two rate levels, three compact networks of identical shape:
 * ``dcff``: ``methods.dcff`` from scratch, default schedule (``dcff.schedule=run``);
 * ``dcff paper t``: the same with the released code's schedule (``dcff.schedule=paper``);
 * ``dcff from base``: ``methods.dcff`` started from the trained unpruned model
-  (``dcff.init``) at a tenth of the learning rate, as the L1 fine-tuning;
+  (``model.weights``) at a tenth of the learning rate, as the L1 fine-tuning;
 * ``l1``: the trained unpruned model (``methods.train``) pruned by filter L1 norm
   (tied convs: the sum of their norms) to the same widths, then fine-tuned for the
   same number of epochs at a tenth of the learning rate.
@@ -22,13 +22,13 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends.base import get_backend
-from compress_core import checkpoint, config, dcff
-from compress_core.criteria import dcff as crit
+from compress_core.data import config
+from compress_core.ir import checkpoint
+from compress_core.recipes import dcff
+from compress_core.surgery import l1_prune
 from methods import common, train
 from methods import dcff as dcff_method
 
@@ -39,14 +39,12 @@ DIGITS = os.path.join(common.HYPERPARAMS, "resnet20_digits.py")
 def l1_pruned(backend_name: str, base_ckpt: str, rates: str, workdir: str, epochs: int) -> dict:
     """Filter-L1 pruning of the trained model to DCFF's widths, fine-tuned ``epochs`` epochs."""
     full, params, _ = checkpoint.load_checkpoint(base_ckpt)
-    fused, groups = dcff.training_graph("resnet20", dcff.parse_rates(rates), full.num_classes, full.input_shape)
-    keeps = {g.name: crit.select(sum(np.abs(params[f"{c}.weight"]).reshape(g.n, -1).sum(1) for c in g.members), g.m)
-             for g in groups}
-    small = dcff.export(fused, {k: np.zeros(s, np.float32) for k, s in fused.param_shapes().items()})[0]
+    _, groups = dcff.training_graph("resnet20", dcff.parse_rates(rates), full.num_classes, full.input_shape)
+    small, small_params = l1_prune(full, params, counts={g.name: g.m for g in groups})
     cfg = config.load_config(DIGITS, [f"train.epochs={epochs}", "train.lr=0.01"])
     ctx = common.Context(cfg, get_backend(backend_name), workdir, common.load_data(cfg))
     os.makedirs(workdir, exist_ok=True)
-    model = ctx.backend.build(small, dcff.slice_params(full, params, small, keeps))
+    model = ctx.backend.build(small, small_params)
     pruned = common.summary_row(ctx, "l1 pruned", model)
     common.fit(ctx, model, cfg.train, "finetune")
     return {"pruned": pruned, "finetuned": common.summary_row(ctx, "l1", model)}
@@ -62,7 +60,7 @@ def main() -> None:
     base = train.baseline(a.backend, base_dir, a.epochs)
     rows = [("unpruned", "-", base["macs"], base["params"], base["test_accuracy"], "")]
     for level, rates in LEVELS.items():
-        warm = [f"--config.dcff.init={base['checkpoint']}", "--config.train.lr=0.01"]
+        warm = [f"--config.model.weights={base['checkpoint']}", "--config.train.lr=0.01"]
         for name, extra in (("dcff", []), ("dcff paper t", ["--config.dcff.schedule=paper"]),
                             ("dcff from base", warm)):
             wd = os.path.join(a.workdir, f"{level}_{name.replace(' ', '_')}")

@@ -22,9 +22,9 @@ import tracemalloc
 
 import numpy as np
 
-from compress_core import zoo
 from compress_core.criteria.dcff import dcff_importance, dcff_importance_reference
-from compress_core.init import init_params
+from compress_core.ir import zoo
+from compress_core.ir.init import init_params
 
 NAIVE_LAYERS = ("layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv2", "layer1.0.conv3")
 

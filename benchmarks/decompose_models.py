@@ -24,7 +24,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compress_core import zoo
+from compress_core.ir import zoo
 from methods import decompose
 
 
@@ -45,7 +45,8 @@ def conv_line(model: str, backend: str, method: str, m: dict) -> str:
     return (f"{model:<9}{backend:<8}{method:<8}{ft['params'] / base['params']:>9.3f}"
             f"{ft['macs'] / base['macs']:>8.3f}{base['test_accuracy']:>9.2f}{dec['test_accuracy']:>8.2f}"
             f"{ft['test_accuracy']:>8.2f}{base['latency_b32_ms']:>9.2f}{ft['latency_b32_ms']:>8.2f}"
-            f"{ft['speedup_b32']:>8.2f}{ft['mac_reduction']:>8.2f}{ft['speedup_per_mac_reduction']:>7.2f}")
+            f"{base['latency_b32_ms'] / ft['latency_b32_ms']:>8.2f}{base['macs'] / ft['macs']:>8.2f}"
+            f"{ft['speedup_per_mac_reduction']:>7.2f}")
 
 
 def fc_line(model: str, backend: str, fc: str, m: dict) -> str:
@@ -94,7 +95,7 @@ def main() -> None:
                         extra += [f"--config.decompose.layers=({dense},)", f"--config.finetune.lr={args.fc_lr}",
                                   f"--config.finetune.epochs={args.fc_finetune}"]
                     if i:
-                        extra.append(f"--config.model.init={baseline}")
+                        extra.append(f"--config.model.weights={baseline}")
                     workdir = os.path.join(tmp, f"{model}-{backend}-" + ("base" if i == 0 else label))
                     m = run(model, backend, args.epochs, args.finetune, workdir, *extra)
                     (conv if line is conv_line else fcs).append(line(model, backend, label, m))

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from compress_core import lowrank
+from compress_core.criteria import lowrank
 
 
 def resnet50_conv_shapes() -> list[tuple[int, int, int, int]]:

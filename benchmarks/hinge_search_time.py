@@ -20,8 +20,11 @@ import time
 import numpy as np
 
 from backends.base import LossSpec, OptimSpec, get_backend
-from compress_core import config, data, flops, hinge, zoo
-from compress_core.init import init_params
+from compress_core import data
+from compress_core.data import config
+from compress_core.ir import flops, zoo
+from compress_core.ir.init import init_params
+from compress_core.recipes import hinge
 from methods import common
 from methods import hinge as hinge_method
 

@@ -29,7 +29,7 @@ def main() -> None:
     rows = []
     for G in (3, 4, 5):
         argv = ["--backend", a.backend, "--workdir", os.path.join(a.workdir, f"g{G}"), f"--config.kse.G={G}",
-                f"--config.kse.teacher={base['checkpoint']}", f"--config.finetune.epochs={a.finetune}"]
+                f"--config.model.weights={base['checkpoint']}", f"--config.finetune.epochs={a.finetune}"]
         assert kse.cli(argv) == 0
         with open(os.path.join(a.workdir, f"g{G}", "metrics.json")) as f:
             rows.append((G, json.load(f)))

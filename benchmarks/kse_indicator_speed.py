@@ -30,9 +30,10 @@ import types
 
 import numpy as np
 
-from compress_core import kse, zoo
 from compress_core.criteria import kse as criteria
-from compress_core.init import init_params
+from compress_core.ir import zoo
+from compress_core.ir.init import init_params
+from compress_core.recipes import kse
 
 G, T = 5, 1
 
@@ -58,7 +59,7 @@ def weights() -> dict[str, list[np.ndarray]]:
 
 
 def load_revision(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
-    """``compress_core.criteria.kse`` and ``compress_core.kse`` as they were at ``rev``."""
+    """``compress_core.criteria.kse`` and ``compress_core.recipes.kse`` as they were at ``rev``."""
     mods = []
     tmp = tempfile.mkdtemp(prefix="kse_before_")
     for name, path in (("kse_before_criteria", "compress_core/criteria/kse.py"),

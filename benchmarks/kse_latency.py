@@ -4,7 +4,8 @@ ResNet-56 at 32x32 (He-initialised weights, BN statistics as after training),
 compressed with G=4, T=0 (paper entropy sets): the dense form (one ordinary conv
 per layer with the rebuilt kernel, what the reference runs) and the shared-
 activation form (depthwise conv over the centroids, gather, grouped 1x1 sum).
-Median forward time in one run; ratios to the original of the same backend.
+Median forward time in one run, the three networks timed in turns; ratios to the original
+of the same backend.
 
     python benchmarks/kse_latency.py [--batch 1 32]
 """
@@ -15,10 +16,11 @@ import argparse
 import re
 
 from backends.base import get_backend
-from compress_core import flops, kse, zoo
 from compress_core.criteria.kse import kse_indicator
-from compress_core.init import init_params
-from methods.common import latency
+from compress_core.ir import flops, zoo
+from compress_core.ir.init import init_params
+from compress_core.recipes import kse
+from methods.report import interleaved_ms
 
 
 def forms(name="resnet56", G=4):
@@ -42,14 +44,10 @@ def main() -> None:
     print("-" * len(head))
     for bname in ("torch", "tf"):
         backend = get_backend(bname)
-        base = {}
-        for form, (g, p) in nets.items():
-            model = backend.build(g, p)
-            cells = ""
-            for b in args.batch:
-                ms = latency(backend, model, b, args.repeats)
-                base.setdefault(b, ms)
-                cells += f"{ms:>10.2f}{ms / base[b]:>7.2f}"
+        models = [backend.build(g, p) for g, p in nets.values()]
+        ms = {b: interleaved_ms(backend, models, b, args.repeats) for b in args.batch}  # the forms in turns
+        for i, (form, (g, _)) in enumerate(nets.items()):
+            cells = "".join(f"{ms[b][i]:>10.2f}{ms[b][i] / ms[b][0]:>7.2f}" for b in args.batch)
             print(f"{bname:<8}{form:<10}{flops.count_macs(g) / 1e6:>13.2f}M{cells}")
     print(f"paper accounting of the KSE layers: {paper['macs'] / 1e6:.2f}M MACs + {paper['adds'] / 1e6:.2f}M additions "
           f"(shared form's graph counts those additions as MACs of the 1x1 sum)")

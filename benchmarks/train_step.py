@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from backends.base import LossSpec, OptimSpec, get_backend
-from compress_core import zoo
+from compress_core.ir import zoo
 
 
 def median_step(backend, graph, x, y, steps: int) -> float:

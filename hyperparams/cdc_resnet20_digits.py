@@ -11,7 +11,7 @@ from hyperparams import common
 
 def get_config():
     cfg = common.base("resnet20", workdir="runs/cdc_resnet20_digits")
-    # baseline, trained when cdc.teacher is empty
+    # baseline, trained when model.weights is empty
     cfg.train = common.train(epochs=15, lr=0.1, batch_size=64, schedule="cosine", augment=False)
     cfg.cdc = common.cdc(plan="macs", mac_target=0.5, block_threshold=4, num_coarse=4)
     cfg.finetune = common.train(epochs=10, lr=0.02, batch_size=64, schedule="cosine", augment=False)

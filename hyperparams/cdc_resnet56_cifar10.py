@@ -5,7 +5,7 @@ the fine labels (block_threshold -1) and the DCA subspace uses the 10 classes. B
 of the reference's checkpoints: 94.11% (ResNet-56, CIFAR-10).
 
     python -m methods.cdc_prune --backend torch --config hyperparams/cdc_resnet56_cifar10.py \\
-        --config.data.path=/data/cifar-10-python.tar.gz --config.cdc.teacher=resnet56_c10.safetensors
+        --config.data.path=/data/cifar-10-python.tar.gz --config.model.weights=resnet56_c10.safetensors
 """
 
 from hyperparams import cdc_resnet56_cifar100, common

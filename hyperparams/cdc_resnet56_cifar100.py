@@ -16,7 +16,7 @@ model selection uses the validation split (the reference picked the best test ep
 The DCA loss weight of the paper is not in the released code (its file ships 0); 0.1 is ours.
 
     python -m methods.cdc_prune --backend tf --config hyperparams/cdc_resnet56_cifar100.py \\
-        --config.data.path=/data/cifar-100-python.tar.gz --config.cdc.teacher=resnet56_c100.safetensors
+        --config.data.path=/data/cifar-100-python.tar.gz --config.model.weights=resnet56_c100.safetensors
 """
 
 from hyperparams import common
@@ -24,7 +24,7 @@ from hyperparams import common
 
 def get_config():
     cfg = common.base("resnet56", workdir="runs/cdc_resnet56_cifar100", name="cifar100", val_fraction=0.1)
-    # baseline recipe (used when cdc.teacher is empty)
+    # baseline recipe (used when model.weights is empty)
     cfg.train = common.train(epochs=200, lr=0.1, milestones=(80, 160), gamma=0.1, weight_decay=8e-4)
     cfg.cdc = common.cdc(plan="uniform", ratio=0.45, block_threshold=14, num_coarse=20,
                          bn_mode="batch", score_batch_size=2000)

@@ -41,8 +41,10 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
         "seed": seed,              # data split, shuffling and initialisation
         "workdir": workdir,        # where config, checkpoints, metrics and log go
         "model": ConfigDict({
-            "name": model,  # zoo name: resnet20..110, resnet164, vgg16, densenet40
-            "init": "",     # optional checkpoint to start from (same architecture)
+            "name": model,  # zoo name: resnet20..110, resnet164, vgg16, densenet40, resnext20/164, wrn16_10, resnet50
+            "weights": "",  # the network to start from: a checkpoint of this model (compression methods compress
+                            # it; train continues from it; DCFF fuses from it); empty: seeded weights, and the
+                            # compression methods first train a baseline with the `train` section
         }),
         "data": data(**data_kw),
     })
@@ -55,9 +57,9 @@ def validate_train(cfg) -> None:
     """Checks every file runs from its ``validate`` (and every command runs on any file):
     the seed, the model, the data, and every training section (``train``, ``finetune``,
     ``distill``, ``search``) with the same rules."""
-    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
-    from compress_core.zoo import MODELS
+    from compress_core.ir.zoo import MODELS
 
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
@@ -89,13 +91,12 @@ def validate_train(cfg) -> None:
 
 
 def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
-        num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", teacher: str = "",
+        num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", stream: str = "select",
         bn_mode: str = "inference", score_batch_size: int = 256, min_width: int = 1,
         multiple: int = 1, widths: tuple = ()) -> ConfigDict:
     from ml_collections import config_dict
 
     return ConfigDict({
-        "teacher": teacher,          # trained checkpoint to prune; empty: train one with the `train` section
         "scorer": scorer,            # gsd (symmetric divergence), abs_snr, fdr, t_test, di
         "ridge": config_dict.placeholder(float),  # scorer ridge; None: the reference's (gsd 0.05, others 1e-4)
         "bn_mode": bn_mode,          # inference: BN running stats; batch: the reference's batch statistics
@@ -106,6 +107,9 @@ def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, blo
         "mac_target": mac_target,    # macs plan: fraction of the unpruned MACs to keep
         "min_width": min_width,      # no mask keeps fewer channels
         "multiple": multiple,        # round kept widths up to a multiple (8 suits vector units); 1: off
+        "stream": stream,            # a residual stream's masks: select (the reference: each block reads a
+                                     #   selection, the stream stays whole) or group (the stream is cut as one
+                                     #   channel group, scored by the sum of its masks' scores)
         "block_threshold": block_threshold,  # blocks <= this are scored with coarse labels; -1: all fine
         "coarse_labels": coarse_labels,  # file with one group id per class; empty: from the confusion matrix
         "num_coarse": num_coarse,    # groups when computed (spectral clustering of validation confusions)
@@ -131,15 +135,16 @@ def distill(epochs: int, lr: float, enabled: bool = True, kd_weight: float = 1.0
 
 def validate_cdc(cfg) -> None:
     """Checks of a CDC file, before anything runs: scorer, ratio, threshold against the model."""
-    from compress_core import cdc as cdc_core
-    from compress_core import zoo
-    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
+    from compress_core.ir import zoo
+    from compress_core.recipes import cdc as cdc_core
 
     validate_train(cfg)
     check_choice(cfg, "cdc.scorer", ["gsd", "abs_snr", "fdr", "t_test", "di"])
     check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs"])
     check_choice(cfg, "cdc.bn_mode", ["inference", "batch"])
+    check_choice(cfg, "cdc.stream", ["select", "group"])
     check_range(cfg, "cdc.ratio", 0.0, 1.0)
     check_range(cfg, "cdc.mac_target", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
     check_choice(cfg, "distill.dca_labels", ["coarse", "fine"])
@@ -162,10 +167,9 @@ def validate_cdc(cfg) -> None:
                         "or cdc.num_coarse >= 2")
 
 
-def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", teacher: str = "",
-                   entropy_sets: str = "paper", form: str = "auto"):
+def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", entropy_sets: str = "paper",
+        form: str = "auto"):
     return ConfigDict({
-        "teacher": teacher,          # trained checkpoint to compress; empty: train one with the `train` section
         "G": G,                      # number of levels (>= 2): level 0 pruned, G-1 kept, others clustered
         "T": T,                      # >= 0: intermediate levels get ceil(N / 2^(G-1-g+T)) centroids
         "k": 5,                      # nearest neighbours of the kernel entropy (the reference: 5)
@@ -180,14 +184,12 @@ def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", teache
 
 
 def validate_kse(cfg) -> None:
-    """Checks of a KSE file before anything runs, including the layers of the model or the teacher."""
-    import numpy as np
-
-    from compress_core import checkpoint, zoo
-    from compress_core.config import check_choice, check_range
+    """Checks of a KSE file before anything runs, including the layers of the model (or of model.weights)."""
     from compress_core.criteria.kse import ENTROPY_SETS
+    from compress_core.data.config import check_choice, check_range
     from compress_core.errors import UserError
-    from compress_core.kse import layer_names
+    from compress_core.ir import checkpoint, zoo
+    from compress_core.recipes.kse import layer_names
 
     validate_train(cfg)
     c = cfg.kse
@@ -196,39 +198,32 @@ def validate_kse(cfg) -> None:
     check_range(cfg, "kse.k", 1, None)
     check_choice(cfg, "kse.entropy_sets", list(ENTROPY_SETS))
     check_choice(cfg, "kse.form", ["auto", "dense", "shared"])
-    if c.teacher:
-        graph, params, _ = checkpoint.load_checkpoint(c.teacher)
-    else:
-        graph, params = zoo.build(cfg.model.name), None
-    names = layer_names(graph, c.layers)
+    graph = checkpoint.load_checkpoint(cfg.model.weights)[0] if cfg.model.weights else zoo.build(cfg.model.name)
     shapes = graph.param_shapes()
-    for name in names:
+    for name in layer_names(graph, c.layers):
         n = shapes[f"{name}.weight"][0]
         if n < c.k + 1:
             raise UserError(f"layer '{name}' has {n} filters; the KSE entropy with kse.k={c.k} needs at least "
                             f"{c.k + 1} (exclude it with kse.layers)")
-        if params is not None and not np.all(np.isfinite(params[f"{name}.weight"])):
-            raise UserError(f"teacher {c.teacher}: '{name}.weight' has NaN or infinite values")
 
 
 def dcff(rates: str, schedule: str = "run", t_start: float = 1.0, t_end: float = 5.0,
          k: float = 3.0) -> ConfigDict:
     return ConfigDict({
-        "rates": rates,        # prune rates, e.g. "[0.0]+[0.35,0.4,0.1]*10+[0.3,0.3,0.1]*6" (formats: compress_core.dcff)
+        "rates": rates,        # prune rates, e.g. "[0.0]+[0.35,0.4,0.1]*10+[0.3,0.3,0.1]*6" (formats: compress_core.recipes.dcff)
         "schedule": schedule,  # run: t from t_start to t_end over the whole run, k per run;
                                # paper: the released code's t_s=1, t_e=1e4, k=1 per epoch (fields below ignored)
         "t_start": t_start,    # temperature at the first epoch (> 0; multiplies the negative filter distance)
         "t_end": t_end,        # temperature after the last epoch (>= t_start)
         "k": k,                # steepness: t = t_s + (t_e - t_s) tanh(k x / 2) / tanh(k / 2), x = epoch / epochs
-        "init": "",            # trained unpruned checkpoint of model.name to start from; empty: from scratch
     })
 
 
 def validate_dcff(cfg) -> None:
     """Checks of a DCFF file before anything runs: schedule, temperatures, rates against the model."""
-    from compress_core import dcff as dcff_core
-    from compress_core import zoo
-    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.data.config import check_choice, check_positive, check_range
+    from compress_core.ir import zoo
+    from compress_core.recipes import dcff as dcff_core
 
     validate_train(cfg)
     check_choice(cfg, "dcff.schedule", ["run", "paper"])
@@ -236,23 +231,22 @@ def validate_dcff(cfg) -> None:
     check_range(cfg, "dcff.t_end", cfg.dcff.t_start, None)
     check_positive(cfg, "dcff.k")
     dcff_core.conv_rates(zoo.build(cfg.model.name), dcff_core.parse_rates(cfg.dcff.rates))
-    if cfg.dcff.init:
-        from compress_core import checkpoint
+    if cfg.model.weights:
         from compress_core.errors import UserError
+        from compress_core.ir import checkpoint
 
-        graph = checkpoint.load_checkpoint(cfg.dcff.init)[0]
+        graph = checkpoint.load_checkpoint(cfg.model.weights)[0]
         full = zoo.build(cfg.model.name, graph.num_classes, graph.input_shape)
         if graph.arch != full.arch or graph.param_shapes() != full.param_shapes():
-            raise UserError(f"dcff.init {cfg.dcff.init} holds a '{graph.arch}' with other layer shapes than "
-                            f"an unpruned '{cfg.model.name}'")
+            raise UserError(f"model.weights {cfg.model.weights} holds a '{graph.arch}' with other layer shapes than "
+                            f"an unpruned '{cfg.model.name}' (DCFF fuses the filters of the whole network)")
 
 
 def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l21", anneal: float = 2.0, anneal_t1: float = 10.0,
           anneal_t2: float = 5.0, threshold: float = 5e-3, stop_limit: float = 0.1, init: str = "auto",
-          layer_balancing: bool = True, same_ratio: bool = True, lr_ratio: float = 0.01, distill: bool = True,
-          teacher: str = "") -> ConfigDict:
+          layer_balancing: bool = True, same_ratio: bool = True, lr_ratio: float = 0.01, distill: bool = True
+          ) -> ConfigDict:
     return ConfigDict({
-        "teacher": teacher,          # trained checkpoint to compress; empty: train one with the `train` section
         "ratio": ratio,              # target: compressed MACs / MACs of the network before Hinge, in (0, 1]
         "penalty": penalty,          # l21 (group l2,1 soft-thresholding, the paper) or l1/2 (group half-thresholding)
         "reg": reg,                  # lambda: the prox threshold of matrix l is lr * lambda_eff * w_l
@@ -279,8 +273,9 @@ def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l21", anneal: float =
 
 def validate_hinge(cfg) -> None:
     """Checks of a Hinge file before anything runs: target, penalty, init, the model's mapping."""
-    from compress_core import checkpoint, hinge
-    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.data.config import check_choice, check_positive, check_range
+    from compress_core.ir import checkpoint
+    from compress_core.recipes import hinge
 
     validate_train(cfg)
     check_range(cfg, "hinge.ratio", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
@@ -294,10 +289,10 @@ def validate_hinge(cfg) -> None:
     check_positive(cfg, "hinge.tolerance")
     check_range(cfg, "hinge.lr_ratio", 0.0, None)
     check_choice(cfg, "hinge.lr_adjust", list(hinge.LR_ADJUST))
-    teacher = checkpoint.load_checkpoint(cfg.hinge.teacher)[0] if cfg.hinge.teacher else None
+    teacher = checkpoint.load_checkpoint(cfg.model.weights)[0] if cfg.model.weights else None
     hinge.check_mapping(teacher.arch if teacher is not None else cfg.model.name)
     if cfg.hinge.lr_adjust == "p1":
-        from compress_core import zoo
+        from compress_core.ir import zoo
 
         graph = teacher if teacher is not None else zoo.build(cfg.model.name, 10, (3, 32, 32))
         hinge.lr_adjusted(hinge.placement(graph), "p1")

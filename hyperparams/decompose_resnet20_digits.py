@@ -1,6 +1,6 @@
 """Tucker-2 with VBMF ranks on a digits ResNet-20: the tests' and README's small run (minutes on 2 cores).
 
-Trains its own baseline (when ``model.init`` is empty), replaces every conv whose
+Trains its own baseline (when ``model.weights`` is empty), replaces every conv whose
 VBMF ranks save MACs and whose factorised sequence is faster on this machine,
 compresses the classifier by truncated SVD, fine-tunes. This file also defines
 the ``decompose`` section and the checks every ``decompose_*`` file uses.
@@ -41,7 +41,7 @@ def section(method: str = "tucker2", fc: str = "svd", layers: tuple = (), skip: 
 
 def get_config():
     cfg = common.base("resnet20", workdir="runs/decompose_resnet20_digits")
-    # baseline, trained when model.init is empty (as hyperparams/resnet20_digits.py)
+    # baseline, trained when model.weights is empty (as hyperparams/resnet20_digits.py)
     cfg.train = common.train(epochs=15, lr=0.1, batch_size=64, schedule="cosine", augment=False)
     # 15 epochs leave the weights dominated by their random initialisation, where VBMF sees
     # only noise (rank 0 everywhere): the ranks are weakened halfway toward full rank
@@ -52,9 +52,10 @@ def get_config():
 
 def validate(cfg) -> None:
     """Choices, and every named layer and rank checked against the model before anything runs."""
-    from compress_core import lowrank, zoo
-    from compress_core.config import check_choice, check_positive, check_range
+    from compress_core.criteria import lowrank
+    from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
+    from compress_core.ir import zoo
 
     common.validate_train(cfg)
     check_choice(cfg, "decompose.method", METHODS)

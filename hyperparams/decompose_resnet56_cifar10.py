@@ -6,7 +6,7 @@ keeps a factorisation only where it runs faster here. Fine-tuning follows Kim et
 SGD lr 1e-3, divided by 10 halfway.
 
     python -m methods.decompose --backend torch --config hyperparams/decompose_resnet56_cifar10.py \\
-        --config.data.path=/data/cifar-10-python.tar.gz --config.model.init=resnet56_c10.safetensors
+        --config.data.path=/data/cifar-10-python.tar.gz --config.model.weights=resnet56_c10.safetensors
 """
 
 from hyperparams import common, resnet56_cifar10
@@ -14,7 +14,7 @@ from hyperparams.decompose_resnet20_digits import section, validate  # noqa: F40
 
 
 def get_config():
-    cfg = resnet56_cifar10.get_config()  # model, data and the baseline recipe (used when model.init is empty)
+    cfg = resnet56_cifar10.get_config()  # model, data and the baseline recipe (used when model.weights is empty)
     cfg.workdir = "runs/decompose_resnet56_cifar10"
     cfg.decompose = section(method="tucker2", fc="svd")
     cfg.finetune = common.train(epochs=20, lr=1e-3, batch_size=128, schedule="step", milestones=(10,),

@@ -6,7 +6,7 @@ start with a small ridge; every layer's reconstruction error is in layers.json. 
 fine-tuning is fragile (degenerate factors): the seed used lr 1e-6; here 1e-4.
 
     python -m methods.decompose --backend torch --config hyperparams/decompose_resnet56_cifar10_cp.py \\
-        --config.data.path=/data/cifar-10-python.tar.gz --config.model.init=resnet56_c10.safetensors
+        --config.data.path=/data/cifar-10-python.tar.gz --config.model.weights=resnet56_c10.safetensors
 """
 
 from hyperparams import decompose_resnet56_cifar10

@@ -9,7 +9,7 @@ ranks come from the transposed, scale-normalised EVBMF (see the README), and a c
 whose ranks do not save MACs is left alone instead of replaced.
 
     python -m methods.decompose --backend torch --config hyperparams/decompose_vgg16_cifar10.py \\
-        --config.data.path=/data/cifar-10-python.tar.gz --config.model.init=vgg16_c10.safetensors
+        --config.data.path=/data/cifar-10-python.tar.gz --config.model.weights=vgg16_c10.safetensors
 """
 
 from hyperparams import common
@@ -18,7 +18,7 @@ from hyperparams.decompose_resnet20_digits import section, validate  # noqa: F40
 
 def get_config():
     cfg = common.base("vgg16", workdir="runs/decompose_vgg16_cifar10", name="cifar10", val_fraction=0.1)
-    # baseline recipe (used when model.init is empty): the DCFF/HRank VGG-16 schedule
+    # baseline recipe (used when model.weights is empty): the DCFF/HRank VGG-16 schedule
     cfg.train = common.train(epochs=200, lr=0.1, batch_size=128, schedule="step", milestones=(100, 150),
                              gamma=0.1, weight_decay=5e-4, nesterov=False)
     cfg.decompose = section(method="tucker2", fc="none")

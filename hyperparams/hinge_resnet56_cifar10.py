@@ -4,7 +4,7 @@ Reference settings: SVD-initialised matrices after both convs of every basic blo
 group l1/2 (the script's ``l1d2``, not the paper's l2,1), lambda 4e-4 annealed by 2 at
 10 and 5, tau0 5e-3, stop limit 0.1, same ratio for a block's two matrices, layer
 balancing, batch 64, search lr 0.1 (rest 1e-3) for at most 200 epochs, fine-tuning
-300 epochs (x0.1 at 150, 225) with distillation from the original. Set ``hinge.teacher``
+300 epochs (x0.1 at 150, 225) with distillation from the original. Set ``model.weights``
 to a trained ResNet-56 (else the ``train`` section trains one). For the 24% point of the
 paper set ``--config.hinge.ratio=0.24``.
 """

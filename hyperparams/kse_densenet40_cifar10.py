@@ -4,7 +4,7 @@ As the reference, only the 36 dense-layer 3x3 convs are compressed; the stem,
 the two transition 1x1 convs, BatchNorm and the fc stay as they are (the
 transitions alone are 54 M of the 283 M MACs, a floor under any budget).
 Fine-tuning as kse_resnet56_cifar10_g4.py. The baseline, when no
-``kse.teacher`` is given, trains with the ResNet-56 CIFAR-10 recipe.
+``model.weights`` is given, trains with the ResNet-56 CIFAR-10 recipe.
 """
 
 from hyperparams import common, kse_resnet56_cifar10_g4

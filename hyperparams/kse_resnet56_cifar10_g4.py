@@ -10,7 +10,7 @@ for the released code's). Pass the trained baseline; without one the
 resnet56_cifar10.py recipe trains it first:
 
     python -m methods.kse --backend torch --config hyperparams/kse_resnet56_cifar10_g4.py \\
-        --config.data.path=/data/cifar-10-python.tar.gz --config.kse.teacher=resnet56_c10.safetensors
+        --config.data.path=/data/cifar-10-python.tar.gz --config.model.weights=resnet56_c10.safetensors
 """
 
 from hyperparams import common, resnet56_cifar10

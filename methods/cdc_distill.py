@@ -18,9 +18,11 @@ import sys
 import numpy as np
 
 from backends.base import LossSpec
-from compress_core import cdc, data, zoo
+from compress_core import data
 from compress_core.criteria.dca import ScatterStats, align_subspace
 from compress_core.errors import UserError
+from compress_core.ir import zoo
+from compress_core.recipes import cdc
 from methods import common
 
 ALIGN_IMAGES = 2048  # training images used to fit the Procrustes rotation
@@ -158,7 +160,7 @@ def check_cdc(ctx: common.Context, graphs=()) -> None:
         raise UserError(f"config field 'cdc.num_coarse' is {c.num_coarse}: coarse labels need 2 to {k - 1} groups "
                         f"of the {k} classes (or a cdc.coarse_labels file)")
     if dc.dca_weight > 0:
-        teacher = (common.checkpoint_graph(c.teacher, ctx.splits) if c.teacher else
+        teacher = (common.checkpoint_graph(ctx.cfg.model.weights, ctx.splits) if ctx.cfg.model.weights else
                    zoo.build(ctx.cfg.model.name, k, ctx.splits.train.x.shape[1:]))
         for g in (teacher, *graphs):
             if dc.dca_tap not in g:

@@ -6,7 +6,7 @@ the classes (one-versus-rest, averaged over classes), coarse labels for early
 blocks and fine labels for later ones; keep the best channels of every mask;
 fine-tune; optionally distil from the unpruned network (``methods.cdc_distill``).
 
-Work directory: ``baseline/`` (when no ``cdc.teacher`` is given), ``scores.npz``
+Work directory: ``baseline/`` (when no ``model.weights`` is given), ``scores.npz``
 and ``pruned.safetensors`` (scores, kept channels, the pruned network before
 fine-tuning), ``finetune/``, ``distill/``, ``metrics.json``, ``widths.png``, ``log.txt``.
 Every stage resumes from what an earlier run left there.
@@ -20,21 +20,14 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from compress_core import cdc, checkpoint, data, flops
+from compress_core import data
 from compress_core.criteria import discriminant
-from methods import common
+from compress_core.ir import checkpoint, flops
+from compress_core.recipes import cdc
+from methods import common, report
 from methods.cdc_distill import check_cdc, coarse_groups_for, distill
 
 STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
-
-
-def get_teacher(ctx: common.Context):
-    if ctx.cfg.cdc.teacher:
-        return common.load_model(ctx.backend, ctx.cfg.cdc.teacher, ctx.splits)
-    common.log.info("no cdc.teacher given: training the baseline first")
-    model = common.build_model(ctx)
-    common.fit(ctx, model, ctx.cfg.train, "baseline")
-    return model
 
 
 def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarray]:
@@ -118,7 +111,7 @@ def plan_counts(ctx: common.Context, graph, points) -> list[int]:
         return cdc.check_counts(points, list(c.widths), c.min_width)
     ratio = c.ratio
     if c.plan == "macs":
-        ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, c.multiple)
+        ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, c.multiple, c.stream)
         common.log.info("uniform ratio %.4f meets the MAC target %.3f", ratio, c.mac_target)
     counts = cdc.uniform_counts(points, ratio, c.min_width, c.multiple)
     for p, k in zip(points, counts):
@@ -139,23 +132,12 @@ def prune(ctx: common.Context, teacher):
         keeps = [saved[f"keep_{i}"] for i in range(len(points))]
         return common.load_model(ctx.backend, path), points, keeps, groups
     scores = score_channels(ctx, teacher, points, groups)
-    keeps = cdc.select_top(scores, plan_counts(ctx, graph, points))
-    small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps)
+    keeps = cdc.select_top(points, scores, plan_counts(ctx, graph, points), ctx.cfg.cdc.stream)
+    small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps, ctx.cfg.cdc.stream)
     np.savez(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
              **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
     checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
     return ctx.backend.build(small, params), points, keeps, groups
-
-
-def print_table(rows: list[dict]) -> str:
-    head = f"{'model':<24}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['model']:<24}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
-                     f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}")
-    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time, baseline and pruned "
-                 "architectures timed in turns")
-    return "\n".join(lines)
 
 
 def plot_widths(path: str, layers: list[dict]) -> None:
@@ -180,7 +162,7 @@ def plot_widths(path: str, layers: list[dict]) -> None:
 
 
 def run(ctx: common.Context) -> dict:
-    teacher = get_teacher(ctx)
+    teacher = common.start_model(ctx)
     student, points, keeps, groups = prune(ctx, teacher)
     rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "pruned, not fine-tuned", student)]
     common.fit(ctx, student, ctx.cfg.finetune, "finetune")
@@ -190,10 +172,10 @@ def run(ctx: common.Context) -> dict:
         rows.append(common.summary_row(ctx, "distilled", student))
     # the pruned, fine-tuned and distilled rows are one architecture (one model object): timed once,
     # in turns with the baseline
-    common.add_latencies(ctx.backend, rows, [teacher] + [student] * (len(rows) - 1), 20)
+    report.add_latencies(ctx.backend, rows, [teacher] + [student] * (len(rows) - 1), 20)
     layers = [{"conv": p.conv, "mode": p.mode, "block": p.block, "before": p.width, "after": len(k)}
               for p, k in zip(points, keeps)]
-    table = print_table(rows)
+    table = report.format_table(rows)
     print(table)
     print("kept input channels per mask: " + ", ".join(f"{r['conv']} {r['after']}/{r['before']}" for r in layers))
     plot_widths(ctx.path("widths.png"), layers)

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress_core import checkpoint, config, data, fileio, flops, zoo
+from compress_core import data, fileio
+from compress_core.data import config
 from compress_core.errors import UserError
+from compress_core.ir import checkpoint, flops, zoo
 from compress_core.schedule import classification_metrics, learning_rate
 
 HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
@@ -121,18 +123,10 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     check_workdir(workdir)
     splits = load_data(cfg)
     # a bad checkpoint fails here, before anything is written
-    for path in [getattr(args, f, None) for f in ("checkpoint", "student", "teacher")] + [
-            cfg.get(section, {}).get(key, "") for section, key in (("cdc", "teacher"), ("kse", "teacher"),
-                                                                   ("dcff", "init"))]:
+    for path in [getattr(args, f, None) for f in ("checkpoint", "student", "teacher")]:
         if path:
             checkpoint_graph(path, splits)
-    init = cfg.model.get("init", "")
-    if init:
-        want = zoo.build(cfg.model.name, splits.num_classes, splits.train.x.shape[1:])
-        have = checkpoint_graph(init, splits)
-        if have.arch != want.arch or have.param_shapes() != want.param_shapes():
-            raise UserError(f"model.init checkpoint {init} holds a '{have.arch}' with other layer shapes "
-                            f"than the config's model '{want.arch}'")
+    check_weights(cfg, splits)
     ctx = Context(cfg, backend, workdir, splits, args)
     if check is not None:
         check(ctx)
@@ -190,14 +184,33 @@ def load_data(cfg) -> data.DataSplits:
 
 
 # -- models -------------------------------------------------------------------------------------
-def build_model(ctx: Context, widths=None):
-    """The config's zoo model for this data set: from ``model.init`` if set, else seeded weights."""
-    from compress_core.init import init_params
+def check_weights(cfg, splits: data.DataSplits):
+    """``model.weights``, the network every method starts from, checked in one place: a readable
+    checkpoint of the config's model (``model.name``; a compressed one is fine) that fits the data."""
+    path = cfg.model.get("weights", "")
+    if not path:
+        return None
+    graph = checkpoint_graph(path, splits)
+    if graph.arch != cfg.model.name:
+        raise UserError(f"model.weights {path} holds a '{graph.arch}', the config's model is '{cfg.model.name}' "
+                        f"(set --config.model.name={graph.arch})")
+    return graph
 
-    if ctx.cfg.model.get("init", ""):
-        return load_model(ctx.backend, ctx.cfg.model.init, ctx.splits)
-    graph = zoo.build(ctx.cfg.model.name, ctx.splits.num_classes, ctx.splits.train.x.shape[1:], widths)
-    return ctx.backend.build(graph, init_params(graph, ctx.cfg.seed))
+
+def start_model(ctx: Context, stage: str | None = "baseline"):
+    """The network a method starts from: ``model.weights`` when given; else the config's zoo model
+    with seeded weights, trained first with the ``train`` section in ``stage`` (None: untrained)."""
+    from compress_core.ir.init import init_params
+
+    if ctx.cfg.model.weights:
+        log.info("starting from %s", ctx.cfg.model.weights)
+        return load_model(ctx.backend, ctx.cfg.model.weights, ctx.splits)
+    graph = zoo.build(ctx.cfg.model.name, ctx.splits.num_classes, ctx.splits.train.x.shape[1:])
+    model = ctx.backend.build(graph, init_params(graph, ctx.cfg.seed))
+    if stage is not None:
+        log.info("no model.weights given: training the baseline first")
+        fit(ctx, model, ctx.cfg.train, stage)
+    return model
 
 
 def checkpoint_graph(path: str, splits: data.DataSplits | None = None):
@@ -343,37 +356,6 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     if latest is not None:
         backend.set_weights(model, checkpoint.load_checkpoint(os.path.join(latest[1], "best.safetensors"))[1])
     return state
-
-
-def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
-    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
-    so that the load of a shared machine weighs on every model alike."""
-    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
-    for m, x in zip(models, xs):
-        for _ in range(3):
-            backend.forward(m, x)
-    times = [[] for _ in models]
-    for _ in range(repeats):
-        for t, m, x in zip(times, models, xs):
-            start = time.perf_counter()
-            backend.forward(m, x)
-            t.append(time.perf_counter() - start)
-    return [1000.0 * float(np.median(t)) for t in times]
-
-
-def add_latencies(backend, rows: list[dict], models: list, repeats: int, batches=(1, 32)) -> None:
-    """Columns ``latency_b{b}_ms``: each row's model timed with :func:`interleaved_ms`; a model
-    shared by several rows (the same object) is timed once and they share its time."""
-    distinct = list({id(m): m for m in models}.values())
-    for b in batches:
-        ms = dict(zip(map(id, distinct), interleaved_ms(backend, distinct, b, repeats)))
-        for row, m in zip(rows, models):
-            row[f"latency_b{b}_ms"] = ms[id(m)]
-
-
-def latency(backend, model, batch: int, repeats: int = 20) -> float:
-    """Median wall time (ms) of one inference forward pass on a batch of ``batch`` images."""
-    return interleaved_ms(backend, [model], batch, repeats)[0]
 
 
 def write_metrics(ctx: Context, metrics: dict) -> None:

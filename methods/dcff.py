@@ -1,7 +1,7 @@
 """DCFF: ``python -m methods.dcff --backend tf|torch [--config hyperparams/dcff_*.py]``.
 
 Dynamic-coded filter fusion (Lin et al., 2021) trains a compact network from
-scratch at given per-layer prune rates (:mod:`compress_core.dcff`). Every rated
+scratch at given per-layer prune rates (:mod:`compress_core.recipes.dcff`). Every rated
 conv keeps all ``n`` raw filters and computes with ``m`` fused filters
 ``fusion @ W``. Before every epoch the selection and the fusion weights are
 recomputed from the current weights at the epoch's temperature ``t``: DCFF
@@ -13,7 +13,7 @@ the selection really moves (on digits it settles within a few epochs, see the
 README). At the end the best-validation network is exported as
 ordinary layers (fused weights, BatchNorm as trained).
 
-Training starts from scratch (the paper) or, with ``dcff.init``, from a trained
+Training starts from scratch (the paper) or, with ``model.weights``, from a trained
 unpruned checkpoint (keep sets by DCFF importance of its filters, fused convs
 keep all raw filters, BatchNorm and readers keep the kept entries).
 
@@ -31,10 +31,11 @@ import sys
 
 import numpy as np
 
-from compress_core import checkpoint, dcff, flops, zoo
 from compress_core.criteria import dcff as crit
 from compress_core.fileio import atomic_write_json
-from methods import common
+from compress_core.ir import checkpoint, flops, zoo
+from compress_core.recipes import dcff
+from methods import common, report
 
 #: the released code's schedule: t_s, t_e and k, with t computed per epoch (t = 1, 4622, 7616, ...)
 PAPER_SCHEDULE = (1.0, 1e4, 1.0)
@@ -86,17 +87,10 @@ class Selector:
         # returns None: a true value would end the training (fit's stopping rule)
 
 
-def print_table(rows: list[dict], selection: list[dict]) -> str:
-    head = f"{'model':<22}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        acc = "".join(f"{r[k]:>8.2f}" if k in r else f"{'-':>8}" for k in ("val_accuracy", "test_accuracy"))
-        lines.append(f"{r['model']:<22}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{acc}")
-    lines.append("MACs: one multiply-add = one MAC; the unpruned row is the architecture's cost, not trained here")
+def selection_line(selection: list[dict]) -> str:
     moves = [(s["epoch"], sum(s["changed"].values())) for s in selection if s["changed"]]
-    lines.append("kept indices changed per epoch (epoch:count): "
-                 + " ".join(f"{e}:{c}" for e, c in moves) if moves else "kept indices: one epoch only")
-    return "\n".join(lines)
+    return ("kept indices changed per epoch (epoch:count): " + " ".join(f"{e}:{c}" for e, c in moves)
+            if moves else "kept indices: one epoch only")
 
 
 def run(ctx: common.Context) -> dict:
@@ -105,12 +99,12 @@ def run(ctx: common.Context) -> dict:
     rates = dcff.parse_rates(cfg.dcff.rates)
     graph, groups = dcff.training_graph(cfg.model.name, rates, classes, shape)
     t0, initial = temperature_at(cfg, 0), None
-    if cfg.dcff.init:
-        common.checkpoint_graph(cfg.dcff.init, splits)
-        full, full_params, _ = checkpoint.load_checkpoint(cfg.dcff.init)
+    if cfg.model.weights:
+        common.checkpoint_graph(cfg.model.weights, splits)
+        full, full_params, _ = checkpoint.load_checkpoint(cfg.model.weights)
         params, keeps = dcff.warm_start(full, full_params, graph, groups, t0)
         initial = ({k: v for k, v in params.items() if k.endswith(".fusion")}, keeps)
-        common.log.info("[dcff] starting from %s", cfg.dcff.init)
+        common.log.info("[dcff] starting from %s", cfg.model.weights)
     else:
         params = dcff.init_params(graph, groups, cfg.seed, t0)
     model = backend.build(graph, params)
@@ -128,9 +122,12 @@ def run(ctx: common.Context) -> dict:
     checkpoint.save_checkpoint(export, small, small_params,
                                {"method": "dcff", "rates": rates, "schedule": cfg.dcff.schedule})
     full = zoo.build(cfg.model.name, classes, shape)
-    rows = [{"model": "unpruned", **flops.summary(full)}, common.summary_row(ctx, "dcff compact", compact)]
+    rows = [{"model": "unpruned (not trained)", **flops.summary(full), "val_accuracy": None, "test_accuracy": None},
+            common.summary_row(ctx, "dcff compact", compact)]
+    report.add_latencies(backend, rows, [backend.build(full), compact], 20)
     selection = selector.record["epochs"]
-    print(print_table(rows, selection))
+    print(report.format_table(rows))
+    print(selection_line(selection))
     print(f"exported {export}; fused vs exported logits differ by {gap:.2e} (relative to the largest logit)")
     metrics = {"backend": backend.name, "rows": rows, "rates": rates, "checkpoint": export,
                "widths": {g.name: [g.n, g.m] for g in groups}, "export_max_diff": gap,

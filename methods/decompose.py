@@ -5,7 +5,7 @@ convolutions of a trained network with EVBMF ranks, truncated SVD or a
 diagonal structure for its dense layers, a latency guard that keeps a
 factorisation only where it is faster on this machine, then fine-tuning.
 
-Work directory: ``baseline/`` (when ``model.init`` is empty), ``decomposed.safetensors`` and
+Work directory: ``baseline/`` (when ``model.weights`` is empty), ``decomposed.safetensors`` and
 ``layers.json`` (the decomposed network before fine-tuning and the decision for every
 layer), ``finetune/``, ``final.safetensors``, ``metrics.json``, ``log.txt``. A rerun resumes.
 """
@@ -16,18 +16,10 @@ import json
 import os
 import sys
 
-from compress_core import checkpoint, decompose, flops
 from compress_core.fileio import atomic_write_json
-from methods import common
-
-
-def get_teacher(ctx: common.Context):
-    """The network to decompose: ``model.init``, or a baseline trained with the ``train`` section."""
-    model = common.build_model(ctx)
-    if not ctx.cfg.model.init:
-        common.log.info("no model.init given: training the baseline first")
-        common.fit(ctx, model, ctx.cfg.train, "baseline")
-    return model
+from compress_core.ir import checkpoint, flops
+from compress_core.recipes import decompose
+from methods import common, report
 
 
 def candidates(graph, d) -> list[str]:
@@ -58,7 +50,7 @@ def guard(ctx: common.Context, graph, rep) -> tuple[float, float]:
     """Median CPU time (ms) of the original layer and of its factorised sequence, as one-layer graphs."""
     d = ctx.cfg.decompose
     models = [ctx.backend.build(probe) for probe in decompose.probe_graphs(graph, rep)]
-    dense, factorised = common.interleaved_ms(ctx.backend, models, d.latency_batch, d.latency_repeats)
+    dense, factorised = report.interleaved_ms(ctx.backend, models, d.latency_batch, d.latency_repeats)
     return dense, factorised
 
 
@@ -134,37 +126,9 @@ def compact(ctx: common.Context, model, fc_kind: str, names):
     return ctx.backend.build(graph, params), records
 
 
-def report_row(ctx: common.Context, name: str, model) -> dict:
-    """Cost and accuracy of a model; latencies are added by :func:`add_latencies`."""
-    return common.summary_row(ctx, name, model)
-
-
-def add_latencies(ctx: common.Context, rows: list[dict], models: list) -> None:
-    """CPU latency at batch 1 and 32 of every row's model, timed in turns; speedup and MAC reduction
-    relative to the first row, and their ratio (1: the MAC reduction is fully realised)."""
-    common.add_latencies(ctx.backend, rows, models, ctx.cfg.decompose.report_repeats)
-    for row in rows:
-        row["speedup_b32"] = rows[0]["latency_b32_ms"] / row["latency_b32_ms"]
-        row["mac_reduction"] = rows[0]["macs"] / row["macs"]
-        row["speedup_per_mac_reduction"] = row["speedup_b32"] / row["mac_reduction"]
-
-
-def print_table(rows: list[dict]) -> str:
-    head = (f"{'model':<24}{'params':>10}{'MACs':>10}{'val %':>8}{'test %':>8}{'ms@1':>8}{'ms@32':>8}"
-            f"{'speedup':>9}{'MAC red.':>9}{'ratio':>7}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['model']:<24}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>9.2f}M{r['val_accuracy']:>8.2f}"
-                     f"{r['test_accuracy']:>8.2f}{r['latency_b1_ms']:>8.2f}{r['latency_b32_ms']:>8.2f}"
-                     f"{r['speedup_b32']:>9.2f}{r['mac_reduction']:>9.2f}{r['speedup_per_mac_reduction']:>7.2f}")
-    lines.append("MACs: one multiply-add = one MAC; latency: median CPU forward time in this run; "
-                 "speedup at batch 32 vs baseline; ratio = speedup / MAC reduction")
-    return "\n".join(lines)
-
-
 def run(ctx: common.Context) -> dict:
     d = ctx.cfg.decompose
-    teacher = get_teacher(ctx)
+    teacher = common.start_model(ctx)
     models = {"baseline": teacher}
     student, records = decompose_model(ctx, teacher)
     models["decomposed"] = ctx.backend.build(student.graph, ctx.backend.get_weights(student))
@@ -181,11 +145,11 @@ def run(ctx: common.Context) -> dict:
         student, diag_records = compact(ctx, student, "diagonal", diag)
         records += diag_records
         models["diagonal FC"] = student
-    rows = [report_row(ctx, name, m) for name, m in models.items()]
-    add_latencies(ctx, rows, list(models.values()))
+    rows = [common.summary_row(ctx, name, m) for name, m in models.items()]
+    report.add_latencies(ctx.backend, rows, list(models.values()), ctx.cfg.decompose.report_repeats)
     final = ctx.path("final.safetensors")
     common.save_model(ctx.backend, student, final, method=f"decompose-{d.method}")
-    print(print_table(rows))
+    print(report.format_table(rows))
     print("layers: " + ", ".join(f"{r['layer']} {r.get('kind', '')} {r.get('ranks', r.get('rank', ''))}"
                                   .strip() + ("" if r["kept"] else " (kept dense)") for r in records))
     metrics = {"backend": ctx.backend.name, "rows": rows, "layers": records, "checkpoint": final,

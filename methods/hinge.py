@@ -2,7 +2,7 @@
 
 Group sparsity as the hinge between filter pruning and decomposition (Li et al.,
 CVPR 2020): sparsity-inducing matrices are attached to a trained network
-(:func:`compress_core.hinge.attach`, SVD or identity initialisation, the function
+(:func:`compress_core.recipes.hinge.attach`, SVD or identity initialisation, the function
 unchanged); a search trains the network with a proximal step on the matrices after
 every SGD step (matrices at ``lr``, the rest at ``lr * lr_ratio``) until the MAC
 ratio at the initial nullifying threshold is within ``stop_limit`` of the target;
@@ -11,7 +11,7 @@ groups are removed (decomposed layers become conv + 1x1, pruned ones lose channe
 WRN's first convs are merged with their matrix); the smaller network is fine-tuned,
 by default with distillation from the original.
 
-Work directory: ``baseline/`` (when ``hinge.teacher`` is empty), ``search/``,
+Work directory: ``baseline/`` (when ``model.weights`` is empty), ``search/``,
 ``compressed.safetensors`` (the network before fine-tuning; its metadata holds the
 threshold, the ratio and the per-layer table), ``finetune/``, ``hinge.safetensors``
 (the final network), ``metrics.json``, ``log.txt``. Every stage resumes.
@@ -26,9 +26,11 @@ import sys
 import numpy as np
 
 from backends.base import LossSpec, OptimSpec
-from compress_core import checkpoint, flops, group_sparsity, hinge
+from compress_core.criteria import group_sparsity
 from compress_core.fileio import atomic_write_json
-from methods import common
+from compress_core.ir import checkpoint, flops
+from compress_core.recipes import hinge
+from methods import common, report
 
 
 class Search:
@@ -94,15 +96,6 @@ class Search:
                         epoch, self.h.threshold, r, self.h.ratio, self.h.ratio + self.h.stop_limit,
                         f", gradient ratio {self.grad_ratio.rho:.3f}" if self.p1 else "")
         return r - self.h.ratio <= self.h.stop_limit
-
-
-def get_teacher(ctx: common.Context):
-    if ctx.cfg.hinge.teacher:
-        return common.load_model(ctx.backend, ctx.cfg.hinge.teacher, ctx.splits)
-    common.log.info("no hinge.teacher given: training the baseline first")
-    model = common.build_model(ctx)
-    common.fit(ctx, model, ctx.cfg.train, "baseline")
-    return model
 
 
 def search(ctx: common.Context, teacher) -> tuple[object, hinge.Placement, list[dict]]:
@@ -188,7 +181,7 @@ def finetune(ctx: common.Context, student, teacher) -> None:
 
 def run(ctx: common.Context) -> dict:
     cfg = ctx.cfg
-    teacher = get_teacher(ctx)
+    teacher = common.start_model(ctx)
     student, meta = compress(ctx, teacher)
     print(print_layers(meta["layers"]))
     rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "compressed", student)]
@@ -197,10 +190,9 @@ def run(ctx: common.Context) -> dict:
     export = ctx.path("hinge.safetensors")
     common.save_model(ctx.backend, student, export, method="hinge", tau=meta["tau"])
     base = rows[0]
-    lines = [f"{'model':<12}{'params':>11}{'MACs':>12}{'MAC ratio':>11}{'val %':>8}{'test %':>8}"]
-    lines += [f"{r['model']:<12}{r['params'] / 1e3:>10.1f}k{r['macs'] / 1e6:>11.3f}M"
-              f"{r['macs'] / base['macs']:>11.4f}{r['val_accuracy']:>8.2f}{r['test_accuracy']:>8.2f}" for r in rows]
-    print("\n".join(lines))
+    # the compressed and fine-tuned rows are one architecture (one model object): timed once
+    report.add_latencies(ctx.backend, rows, [teacher, student, student], 20)
+    print(report.format_table(rows))
     print(f"target MAC ratio {cfg.hinge.ratio}, reached {meta['mac_ratio']:.4f} at threshold {meta['tau']:.6g} "
           f"after {meta['search_epochs']} search epochs (MACs: one multiply-add = one MAC)")
     metrics = {"backend": ctx.backend.name, "rows": rows, "target_ratio": cfg.hinge.ratio,

@@ -4,11 +4,11 @@ Kernel sparsity and entropy (Li et al., CVPR 2019): score every input channel of
 the chosen convolutions by the sparsity and kNN entropy of its kernels
 (:mod:`compress_core.criteria.kse`), prune the weakest channels, replace the
 kernels of the middle levels by per-channel k-means centroids with fixed
-assignments, keep the strongest as they are (:mod:`compress_core.kse`);
+assignments, keep the strongest as they are (:mod:`compress_core.recipes.kse`);
 fine-tune the centroids, full kernels, BatchNorm and head; export the faster
 of the two inference forms (dense rebuilt kernel, shared activations).
 
-Work directory: ``baseline/`` (when no ``kse.teacher`` is given), ``codes.npz``
+Work directory: ``baseline/`` (when no ``model.weights`` is given), ``codes.npz``
 and ``compressed.safetensors`` (assignments and the dense-form network before
 fine-tuning), ``finetune/``, ``kse.safetensors`` (the exported network: an
 ordinary graph checkpoint, its metadata says which form), ``metrics.json``,
@@ -22,73 +22,39 @@ import sys
 
 import numpy as np
 
-from backends.base import Trainer
-from compress_core import checkpoint, flops, kse
 from compress_core.criteria.kse import kse_indicator
-from methods import common
+from compress_core.ir import checkpoint, flops
+from compress_core.recipes import kse
+from methods import common, report
 
 
 # -- centroid training ------------------------------------------------------------------------------
-class _Codes:
-    """The current codes, shared by the projecting trainer and the method."""
+class Projector:
+    """Keeps the coded convs on their centroids while :func:`methods.common.fit` trains the dense form.
 
-    def __init__(self, codes):
-        self.codes = dict(codes)
+    ``on_step`` (after every SGD step) reads the coded convs' weights, projects them with
+    :func:`compress_core.recipes.kse.project` and writes them back; ``on_epoch`` (before
+    every epoch) first reads the codebooks back from the weights, so a resumed run
+    continues from the centroids it saved.
+    """
 
+    def __init__(self, backend, model, codes):
+        self.backend, self.model, self.codes = backend, model, dict(codes)
+        self.names = [f"{name}.weight" for name in self.codes]
+        self._synced = False
 
-class ProjectingTrainer(Trainer):
-    """A backend trainer followed, after every step, by :func:`compress_core.kse.project`."""
+    def on_epoch(self, epoch, trainer) -> None:
+        if not self._synced:
+            self.codes = kse.codes_from_weights(self.backend.get_weights(self.model, self.names), self.codes)
+            self._synced = True
+        # None: never a stopping rule
 
-    def __init__(self, backend, model, inner: Trainer, holder: _Codes):
-        self.backend, self.model, self.inner, self.holder = backend, model, inner, holder
-
-    def step(self, x, y, lr, teacher_logits=None, feature_target=None):
-        out = self.inner.step(x, y, lr, teacher_logits, feature_target)
-        params, self.holder.codes = kse.project(self.backend.get_weights(self.model), self.holder.codes)
+    def on_step(self, lr, trainer) -> None:
+        params, self.codes = kse.project(self.backend.get_weights(self.model, self.names), self.codes)
         self.backend.set_weights(self.model, params, strict=False)
-        return out
-
-    def set_projection(self, projection):
-        self.inner.set_projection(projection)
-
-    def set_lr_factors(self, factors):
-        self.inner.set_lr_factors(factors)
-
-    def gradients(self):
-        return self.inner.gradients()
-
-    def state(self):
-        return self.inner.state()
-
-    def load_state(self, state):
-        self.inner.load_state(state)
-        # a resumed run has just loaded the weights: read the codebooks back from them
-        self.holder.codes = kse.codes_from_weights(self.backend.get_weights(self.model), self.holder.codes)
-
-
-class ProjectingBackend:
-    """The run's backend, whose trainers keep the coded convs on their centroids."""
-
-    def __init__(self, backend, holder: _Codes):
-        self._backend, self.holder = backend, holder
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def trainer(self, model, loss, optim=None):
-        return ProjectingTrainer(self._backend, model, self._backend.trainer(model, loss, optim), self.holder)
 
 
 # -- stages ---------------------------------------------------------------------------------------
-def get_teacher(ctx: common.Context):
-    if ctx.cfg.kse.teacher:
-        return common.load_model(ctx.backend, ctx.cfg.kse.teacher, ctx.splits)
-    common.log.info("no kse.teacher given: training the baseline first")
-    model = common.build_model(ctx)
-    common.fit(ctx, model, ctx.cfg.train, "baseline")
-    return model
-
-
 def make_codes(cfg, graph, params) -> tuple[dict, list[dict]]:
     """Indicator and clustering of every chosen conv; one summary row per layer."""
     c = cfg.kse
@@ -136,51 +102,33 @@ def compress(ctx: common.Context, teacher):
     return ctx.backend.build(graph, params), codes, layers
 
 
-def report_row(ctx, name: str, model, cfg, same_as: dict | None = None) -> dict:
-    """Cost, accuracy and latency of ``model``; accuracies copied from ``same_as`` (an equal network)."""
-    if same_as:
-        row = {"model": name, **common.cost(model),
-               **{f"{split}_accuracy": same_as[f"{split}_accuracy"] for split in ("val", "test")}}
-    else:
-        row = common.summary_row(ctx, name, model)
-    row["latency_ms"] = common.latency(ctx.backend, model, cfg.kse.latency_batch, cfg.kse.latency_repeats)
-    return row
-
-
-def print_table(rows: list[dict], batch: int) -> str:
-    head = f"{'model':<18}{'params':>10}{'MACs':>12}{'val %':>8}{'test %':>8}{f'ms@{batch}':>9}"
-    lines = [head, "-" * len(head)]
-    lines += [f"{r['model']:<18}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>11.2f}M{r['val_accuracy']:>8.2f}"
-              f"{r['test_accuracy']:>8.2f}{r['latency_ms']:>9.2f}" for r in rows]
-    lines.append("MACs: one multiply-add = one MAC, counted on the graph as run (the shared form's "
-                 "1x1 sum of ones counts its additions as MACs); latency: median CPU forward time")
-    return "\n".join(lines)
-
-
 def run(ctx: common.Context) -> dict:
     cfg = ctx.cfg
-    teacher = get_teacher(ctx)
+    teacher = common.start_model(ctx)
     student, codes, layers = compress(ctx, teacher)
-    rows = [report_row(ctx, "baseline", teacher, cfg), report_row(ctx, "compressed", student, cfg)]
-    holder = _Codes(codes)
-    train_ctx = common.Context(cfg, ProjectingBackend(ctx.backend, holder), ctx.workdir, ctx.splits, ctx.args)
-    common.fit(train_ctx, student, cfg.finetune, "finetune")
+    rows = [common.summary_row(ctx, "baseline", teacher), common.summary_row(ctx, "compressed", student)]
+    projector = Projector(ctx.backend, student, codes)
+    common.fit(ctx, student, cfg.finetune, "finetune", on_epoch=projector.on_epoch, on_step=projector.on_step)
     weights = ctx.backend.get_weights(student)
-    codes = kse.codes_from_weights(weights, holder.codes)
-    rows.append(report_row(ctx, "fine-tuned dense", student, cfg))
+    codes = kse.codes_from_weights(weights, projector.codes)
+    rows.append(common.summary_row(ctx, "fine-tuned dense", student))
     shared_graph, shared_params = kse.shared_form(student.graph, weights, codes)
     shared = ctx.backend.build(shared_graph, shared_params)
     # the same network as the dense form (the gap below is checked): only cost and latency differ
-    rows.append(report_row(ctx, "fine-tuned shared", shared, cfg, same_as=rows[2]))
+    rows.append({**rows[2], "model": "fine-tuned shared", **common.cost(shared)})
     x = ctx.splits.val.x[:64]
     gap = float(np.max(np.abs(ctx.backend.forward(student, x)[0] - ctx.backend.forward(shared, x)[0])))
+    batch = cfg.kse.latency_batch
+    # the compressed and the fine-tuned dense rows are one architecture (one model object): timed once
+    report.add_latencies(ctx.backend, rows, [teacher, student, student, shared], cfg.kse.latency_repeats, (1, batch))
     form = cfg.kse.form
     if form == "auto":
-        form = "dense" if rows[2]["latency_ms"] <= rows[3]["latency_ms"] else "shared"
+        form = "dense" if rows[2][f"latency_b{batch}_ms"] <= rows[3][f"latency_b{batch}_ms"] else "shared"
     graph, params = (student.graph, weights) if form == "dense" else (shared_graph, shared_params)
     export = ctx.path("kse.safetensors")
     checkpoint.save_checkpoint(export, graph, params, {"method": "kse", "form": form, "from": teacher.graph.arch})
-    print(print_table(rows, cfg.kse.latency_batch))
+    print(report.format_table(rows, batch))
+    print("the shared form's MACs count its 1x1 sum of ones (additions) as MACs")
     base = flops.summary(teacher.graph)
     paper = kse.paper_costs(student.graph, codes)
     coded = set(codes)

@@ -15,7 +15,7 @@ from methods import common
 
 
 def run(ctx: common.Context) -> dict:
-    model = common.build_model(ctx)
+    model = common.start_model(ctx, stage=None)
     c = common.cost(model)
     common.log.info("%s: %.2f M MACs (one multiply-add = one MAC), %.3f M params",
                     model.graph.arch, c["macs"] / 1e6, c["params"] / 1e6)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress_core.graph import Graph, Node, bn_node, conv_node
-from compress_core.init import init_params
+from compress_core.ir.graph import Graph, Node, bn_node, conv_node
+from compress_core.ir.init import init_params
 
 BACKEND_NAMES = ("torch", "tf")
 
@@ -41,7 +41,7 @@ def trained_like(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
 
 def digits_teacher(directory, seed: int) -> str:
     """A digits ResNet-20 checkpoint in ``directory`` (seeded weights stand in for a trained network)."""
-    from compress_core import checkpoint, zoo
+    from compress_core.ir import checkpoint, zoo
 
     g = zoo.build("resnet20", 10, (1, 8, 8))
     path = str(directory / "teacher.safetensors")

@@ -1,4 +1,4 @@
-"""TensorFlow backend: interprets a :class:`compress_core.graph.Graph` as a TF1-style graph.
+"""TensorFlow backend: interprets a :class:`compress_core.ir.graph.Graph` as a TF1-style graph.
 
 Each model owns its own ``tf.Graph`` and ``tf.compat.v1.Session`` (built with
 ``graph.as_default()``, so eager execution elsewhere in the process is untouched).

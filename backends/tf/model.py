@@ -2,7 +2,7 @@
 
 Everything crossing the adapter boundary is numpy in the canonical layout; the
 conversion to TensorFlow's layouts (HWIO kernels, ``[in, out]`` dense weights,
-NHWC activations) happens only here, through :mod:`compress_core.layout`.
+NHWC activations) happens only here, through :mod:`compress_core.ir.layout`.
 
 Each model holds two forward passes over the same variables: an inference pass
 (BatchNorm with running statistics) and a training pass (batch statistics),
@@ -30,11 +30,11 @@ from backends.base import (
     check_lr_groups,
     pick,
 )
-from compress_core import layout
-from compress_core.checkpoint import check_params
 from compress_core.errors import UserError
-from compress_core.graph import Graph
-from compress_core.init import init_params
+from compress_core.ir import layout
+from compress_core.ir.checkpoint import check_params
+from compress_core.ir.graph import Graph
+from compress_core.ir.init import init_params
 
 _V1 = tf.compat.v1
 

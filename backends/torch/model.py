@@ -1,4 +1,4 @@
-"""PyTorch backend: a module that interprets a :class:`~compress_core.graph.Graph`.
+"""PyTorch backend: a module that interprets a :class:`~compress_core.ir.graph.Graph`.
 
 Canonical layout is PyTorch's own, so weights pass through unchanged; the work
 here is interpreting the graph and the training step of the contract.
@@ -22,10 +22,10 @@ from backends.base import (
     check_lr_groups,
     pick,
 )
-from compress_core.checkpoint import check_params
 from compress_core.errors import UserError
-from compress_core.graph import Graph
-from compress_core.init import init_params
+from compress_core.ir.checkpoint import check_params
+from compress_core.ir.graph import Graph
+from compress_core.ir.init import init_params
 
 
 def _key(name: str) -> str:

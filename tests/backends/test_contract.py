@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from backends.base import LossSpec, OptimSpec
-from compress_core import zoo
 from compress_core.errors import UserError
+from compress_core.ir import zoo
 from tests import oracle
 from tests.conftest import close, tiny_graph, trained_like
 
@@ -127,16 +127,6 @@ def test_stream_yields_named_activations_batch_by_batch(backend, batch):
         list(backend.stream(model, [batch], ["nope"]))
 
 
-def test_prunable_layers_are_the_core_coupling(backend):
-    g = zoo.build("resnet20", 10, (3, 8, 8))
-    layers = backend.prunable_layers(backend.build(g))
-    by = {layer.name: layer for layer in layers}
-    assert by["layer1.0.conv2"].group == by["conv1"].group == by["layer1.2.conv2"].group
-    assert by["layer1.0.conv1"].group != by["conv1"].group
-    assert by["layer1.0.conv1"].bn == "layer1.0.bn1"
-    assert by["layer1.0.conv1"].consumers == (("layer1.0.conv2", 0),)
-
-
 def test_feature_term_matches_numpy(backend, batch):
     g = tiny_graph()
     params = trained_like(g)
@@ -190,7 +180,7 @@ CONV_FORMS = {
 
 @pytest.mark.parametrize("form", list(CONV_FORMS))
 def test_every_conv_form_matches_the_oracle_and_trains(backend, form):
-    from compress_core.graph import Graph, Node, conv_node
+    from compress_core.ir.graph import Graph, Node, conv_node
 
     k, stride, dilation, groups, out = CONV_FORMS[form]
     pad = tuple(d * (kk - 1) // 2 for d, kk in zip(dilation, k))

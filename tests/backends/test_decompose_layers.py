@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from backends.base import LossSpec
-from compress_core import decompose, lowrank
+from compress_core.criteria import lowrank
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.recipes import decompose
 from tests import oracle
 from tests.conftest import close, trained_like
 

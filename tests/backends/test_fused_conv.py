@@ -1,7 +1,7 @@
 """The DCFF fused conv in every backend: forward against a numpy oracle, gradients, buffers, export.
 
 A fused conv keeps ``n`` raw filters and a ``fusion [m, n]`` buffer and computes a
-plain conv with ``fusion @ W`` (compress_core.graph). Checked here: the forward pass
+plain conv with ``fusion @ W`` (compress_core.ir.graph). Checked here: the forward pass
 (with bias, stride and padding), that an SGD step moves every raw filter while the
 fusion is soft and only the selected ones when it is one-hot, that the buffer is
 neither trained nor weight-decayed but round-trips through get/set_weights and
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from backends.base import LossSpec
-from compress_core import checkpoint, dcff, flops
-from compress_core.graph import Graph, Node, bn_node, conv_node
+from compress_core.ir import checkpoint, flops
+from compress_core.ir.graph import Graph, Node, bn_node, conv_node
+from compress_core.recipes import dcff
 from tests import oracle
 from tests.conftest import close, trained_like
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from backends.base import LossSpec, OptimSpec
-from compress_core import group_sparsity, hinge, zoo
+from compress_core.criteria import group_sparsity
 from compress_core.errors import UserError
+from compress_core.ir import zoo
+from compress_core.recipes import hinge
 from tests.conftest import close, tiny_graph, trained_like
 
 X = np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests for compress_core.config: loading, typed overrides, validation, saving."""
+"""Tests for compress_core.data.config: loading, typed overrides, validation, saving."""
 
 import json
 import sys
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from ml_collections import ConfigDict
 
-from compress_core.config import (
+from compress_core.data.config import (
     check_choice,
     check_positive,
     check_range,
@@ -21,7 +21,7 @@ from compress_core.errors import UserError
 BASE = """
 import ml_collections
 from ml_collections import config_dict
-from compress_core.config import check_choice, check_range
+from compress_core.data.config import check_choice, check_range
 
 def get_config():
     c = ml_collections.ConfigDict()

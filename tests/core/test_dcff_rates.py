@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress_core import dcff, flops, zoo
 from compress_core.criteria import dcff as crit
 from compress_core.errors import UserError
-from compress_core.init import init_params
+from compress_core.ir import flops, zoo
+from compress_core.ir.init import init_params
+from compress_core.recipes import dcff
 
 MMRAZOR_453 = "[0.0]+[0.35,0.4,0.1]*10+[0.3,0.3,0.1]*6"
 LMBXMU_453 = "[0.0]+[0.35]*10+[0.3]*6+[0.4]*10+[0.3]*6+[0.1]*4"
@@ -70,13 +71,13 @@ def test_vgg16_thirteen_rates():
 
 
 @pytest.mark.parametrize("model, rates, msg", [
-    ("resnet50", "[0.1]*36", r"has 36 numbers; resnet50 expects 37 \(lmbxmu.*\) or 49 \(MMRazor"),
-    ("resnet56", "[0.1]*31", r"expects 30 \(lmbxmu: 27 block conv1 \+ 3 stage\) or 55"),
-    ("vgg16", "[0.1]*12", "expects 13"),
+    ("resnet50", "[0.1]*36", r"has 36 numbers; resnet50 expects 1 .* or 49 \(one per conv\) or 37 \(lmbxmu"),
+    ("resnet56", "[0.1]*31", r"or 55 \(one per conv\) or 30 \(lmbxmu: 27 block conv1 \+ 3 stage\)"),
+    ("vgg16", "[0.1]*12", r"expects 1 \(one for every conv\) or 13 \(one per conv\)$"),
     ("vgg16", "[0.1]*12+[1.0]", r"dcff.rates\[12\] is 1.0, outside \[0, 1\)"),
     ("vgg16", "[0.1]*12+[-0.1]", r"dcff.rates\[12\] is -0.1"),
     ("resnet50", "[0.0]+[0.35,0.4,0.1]*9+[0.3,0.3,0.2]*7", "residual-tied convs .* layer3.1.conv3=0.1, layer3.2.conv3=0.2"),
-    ("densenet40", "[0.1]", "not 'densenet40'"),
+    ("densenet40", "[0.1]*2", r"densenet40 expects 1 \(one for every conv\) or 39 \(one per conv\)$"),
 ])
 def test_bad_rates_are_one_line_errors(model, rates, msg):
     with pytest.raises(UserError, match=msg) as e:
@@ -106,7 +107,7 @@ def test_export_is_fusion_times_weight_and_keeps_everything_else():
     params = dcff.init_params(g, groups, seed=1, t=1.0)
     small, sp = dcff.export(g, params)
     assert small.param_shapes()["layer2.0.conv1.weight"] == (16, 12, 3, 3)
-    assert small.meta["widths"] == g.meta["widths"] and "dcff_rates" not in small.meta
+    assert "dcff_rates" in g.meta and "dcff_rates" not in small.meta
     P, W = params["layer2.0.conv1.fusion"], params["layer2.0.conv1.weight"]
     np.testing.assert_allclose(sp["layer2.0.conv1.weight"], np.einsum("mn,nihw->mihw", P, W), rtol=1e-5, atol=1e-7)
     assert np.array_equal(sp["layer2.0.bn1.running_var"], params["layer2.0.bn1.running_var"])
@@ -114,26 +115,24 @@ def test_export_is_fusion_times_weight_and_keeps_everything_else():
     assert flops.summary(small) == flops.summary(g)
 
 
-def test_slice_params_prunes_filters_to_the_same_widths():
-    """Channels whose BN outputs are zero can be cut out exactly: the sliced net gives the same logits."""
-    from tests import oracle
+def test_l1_baseline_keeps_the_highest_summed_norms_at_dcffs_widths():
+    """The L1 baseline at DCFF's widths: every tied group keeps its filters of highest summed L1 norm."""
+    from compress_core.surgery import l1_prune
     from tests.conftest import trained_like
 
     full = zoo.build("resnet20", 10, (1, 8, 8))
-    fused, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.0] * 3, 10, (1, 8, 8))
-    small = dcff.export(fused, {k: np.zeros(s, np.float32) for k, s in fused.param_shapes().items()})[0]
+    fused, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.25] * 3, 10, (1, 8, 8))
     params = trained_like(full, seed=4)
-    rng = np.random.default_rng(0)
-    keeps = {g.name: np.sort(rng.choice(g.n, g.m, replace=False)) for g in groups}
-    for g in groups:
-        dropped = np.setdiff1d(np.arange(g.n), keeps[g.name])
-        bn = g.name.replace("conv", "bn")
-        params[f"{bn}.weight"][dropped] = 0.0
-        params[f"{bn}.bias"][dropped] = 0.0
-    sp = dcff.slice_params(full, params, small, keeps)
-    assert sp["layer2.1.conv1.weight"].shape == (16, 32, 3, 3) and sp["layer2.1.conv2.weight"].shape == (32, 16, 3, 3)
-    x = rng.normal(size=(3, 1, 8, 8))
-    np.testing.assert_allclose(oracle.forward(small, sp, x)["fc"], oracle.forward(full, params, x)["fc"], atol=1e-4)
+    small, sp = l1_prune(full, params, counts={g.name: g.m for g in groups})
+    assert small.param_shapes() == dcff.export(fused, {k: np.zeros(s, np.float32)
+                                                       for k, s in fused.param_shapes().items()})[0].param_shapes()
+    stage1 = next(g for g in groups if g.name == "conv1")
+    norms = sum(np.abs(params[f"{c}.weight"]).reshape(16, -1).sum(1) for c in stage1.members)
+    keep = np.sort(np.argsort(-norms, kind="stable")[:stage1.m])
+    assert np.array_equal(sp["layer1.1.bn2.weight"], params["layer1.1.bn2.weight"][keep])
+    w = params["layer1.1.conv1.weight"]
+    rows = np.sort(np.argsort(-np.abs(w).reshape(16, -1).sum(1), kind="stable")[:8])  # its own group: 16 -> 8
+    assert np.array_equal(sp["layer1.1.conv1.weight"], w[rows][:, keep])
 
 
 def test_warm_start_from_a_trained_model_keeps_its_function_when_fusion_is_hard():
@@ -157,8 +156,8 @@ def test_warm_start_from_a_trained_model_keeps_its_function_when_fusion_is_hard(
     assert set(warm) == set(fused.param_shapes())
     assert warm["layer2.0.conv1.weight"].shape == (32, 12, 3, 3)  # all raw filters, kept inputs
     assert np.array_equal(warm["layer2.0.bn1.running_mean"], params["layer2.0.bn1.running_mean"][keeps["layer2.0.conv1"]])
-    # stage 2's option-A shortcut places the pruned stage-1 stream at other channels than the full
-    # network does, so the two compute the same function up to the end of stage 1
+    # up to the end of stage 1 the two compute the same function; from stage 2 on, the full network's
+    # shortcut still copies stage 1 into the stream channels the cut drops, which later layers read
     small, sp = dcff.export(fused, warm)
     x = np.random.default_rng(1).normal(size=(2, 1, 8, 8))
     got = oracle.forward(small, sp, x)

@@ -1,4 +1,4 @@
-"""Graphs, the zoo, MAC/parameter counting, coupling and checkpoints (numpy only)."""
+"""Graphs, the zoo, MAC/parameter counting, channel groups and checkpoints (numpy only)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from compress_core import checkpoint, flops, zoo
-from compress_core.coupling import prunable_layers
 from compress_core.errors import UserError
-from compress_core.graph import Graph
-from compress_core.init import init_params
+from compress_core.ir import checkpoint, flops, zoo
+from compress_core.ir.graph import Graph
+from compress_core.ir.init import init_params
+from compress_core.surgery import channel_groups
 
 
 def test_resnet56_macs_and_params_by_hand():
@@ -68,12 +68,14 @@ def test_graph_json_round_trip_and_bad_graphs():
         zoo.resnet_cifar(depth=21)
 
 
-def test_coupling_of_densenet_offsets_and_vgg_chain():
-    by = {layer.name: layer for layer in prunable_layers(zoo.build("densenet40"))}
-    assert ("dense1.2.conv", 24 + 12) in by["dense1.1.conv"].consumers  # read after the stem's 24
-    vgg = {layer.name: layer for layer in prunable_layers(zoo.build("vgg16"))}
-    assert vgg["features.0"].consumers == (("features.1", 0),) and vgg["features.0"].bn == "features.0.bn"
-    assert vgg["features.12"].consumers == (("classifier.0", 0),)
+def test_channel_groups_of_densenet_offsets_and_vgg_chain():
+    groups = {g.id: g for g in channel_groups(zoo.build("densenet40"))}
+    readers = {(m.node, m.offset) for m in groups["dense1.1.conv"].members if m.kind == "in"}
+    assert ("dense1.2.conv", 24 + 12) in readers  # read after the stem's 24 and dense1.0's 12
+    vgg = {g.id: g for g in channel_groups(zoo.build("vgg16"))}
+    assert [(m.node, m.kind) for m in vgg["features.0"].members] == [
+        ("features.0", "out"), ("features.0.bn", "bn"), ("features.1", "in")]
+    assert [m.node for m in vgg["features.12"].readers] == ["classifier.0"]
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
@@ -111,3 +113,21 @@ def test_core_and_methods_import_no_framework():
             "        print(m, 'imports', bad); sys.exit(1)\n")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_public_core_api_paths_stay_importable():
+    """The numpy entry points users call, at the paths the public API names (modules may move behind them)."""
+    import importlib
+
+    api = {"compress_core.criteria.discriminant": ["gsd_scores", "abs_snr_scores", "fdr_scores", "t_test_scores",
+                                                   "di_scores", "ClassStats"],
+           "compress_core.criteria.dca": ["dca_subspace"],
+           "compress_core.criteria.kse": ["kse_indicator"],
+           "compress_core.criteria.dcff": ["temperature", "dcff_importance", "dcff_fuse"],
+           "compress_core.lowrank": ["evbmf_rank", "evbmf", "tucker2_ranks", "tucker2", "cp"],
+           "compress_core.group_sparsity": ["group_prox"],
+           "compress_core.flops": ["count_macs", "count_params", "summary"],
+           "compress_core.surgery": ["channel_groups", "plan", "prune", "l1_prune"]}
+    for module, names in api.items():
+        m = importlib.import_module(module)
+        assert all(callable(getattr(m, n)) for n in names), module

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from compress_core import group_sparsity as gs
+from compress_core.criteria import group_sparsity as gs
 from tests.oracle import _conv
 
 

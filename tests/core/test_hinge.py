@@ -7,8 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from compress_core import flops, group_sparsity, hinge, zoo
+from compress_core.criteria import group_sparsity
 from compress_core.errors import UserError
+from compress_core.ir import flops, zoo
+from compress_core.recipes import hinge
 from tests.conftest import trained_like
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compress_core import data, imagefolder
+from compress_core import data
+from compress_core.data import imagefolder
+from compress_core.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, FolderImages
 from compress_core.errors import UserError
-from compress_core.imagefolder import IMAGENET_MEAN, IMAGENET_STD, FolderImages
 
 CLASSES = ("n01_cat", "n02_dog", "n03_eel")
 SIZES = ((40, 50), (64, 48), (37, 37))  # (w, h): portrait, landscape, square

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from compress_core import kse, zoo
 from compress_core.criteria import kse as kse_criteria
 from compress_core.criteria.kse import (
     centroid_counts,
@@ -19,7 +18,9 @@ from compress_core.criteria.kse import (
     kse_indicator,
 )
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir import zoo
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.recipes import kse
 from tests import oracle
 from tests.conftest import trained_like
 

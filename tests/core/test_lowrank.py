@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from compress_core import decompose, flops, lowrank
+from compress_core.criteria import lowrank
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir import flops
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.recipes import decompose
 from tests import oracle
 
 
@@ -283,14 +285,14 @@ def test_diagonal_structure_shrink_and_compact_layer():
     assert np.array_equal(p2["fc.weight"], np.diagonal(p["fc.weight"]))
     assert decompose.costs(g, rep) == {"macs_before": 160, "macs_after": 10, "params_before": 170,
                                        "params_after": 20}
-    # channel tracing goes through the diagonal head; cutting the channels it reads is a clear error
-    from compress_core.coupling import prunable_layers
-    from compress_core.prune import keep_outputs
+    # channel groups go through the diagonal head; cutting the channels it maps one to one onto fewer
+    # outputs is a clear error
+    from compress_core.surgery import channel_groups, prune
 
-    layers = {layer.name: layer for layer in prunable_layers(g2)}
-    assert list(layers) == ["c"] and layers["c"].consumers == (("fc", 0),)
+    groups = {g.id: g for g in channel_groups(g2)}
+    assert not groups["c"].cuttable and "diagonal 'fc'" in groups["c"].reason
     with pytest.raises(UserError, match="diagonal 'fc'"):
-        keep_outputs(g2, p2, "c", [0, 1])
+        prune(g2, p2, {"c": [0, 1]})
 
 
 @pytest.mark.parametrize("out,inp", [(2, 3), (3, 2)])

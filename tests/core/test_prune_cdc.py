@@ -1,38 +1,47 @@
-"""Channel surgery and the CDC plan logic, checked with the numpy oracle."""
+"""The CDC plan logic and its cut (through the channel-group layer), checked with the numpy oracle."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from compress_core import cdc, flops, prune, zoo
 from compress_core.errors import UserError
-from compress_core.init import init_params
+from compress_core.ir import flops, zoo
+from compress_core.recipes import cdc
+from compress_core.surgery import mask
 from tests import oracle
 from tests.conftest import trained_like
 
 
-def _zero_dropped_inputs(graph, params, points, keeps):
-    """The original network with the pruned channels' contributions removed by hand."""
-    p = dict(params)
-    for pt, keep in zip(points, keeps):
-        drop = np.setdiff1d(np.arange(pt.width), keep)
-        w = p[f"{pt.conv}.weight"].copy()
-        w[:, drop] = 0.0
-        p[f"{pt.conv}.weight"] = w
-    return p
+def _zero_dropped_inputs(graph, params, points, keeps, stream):
+    """The original network with the pruned channels' contributions removed: every reader of a cut
+    group (surgery.mask), and by hand the columns a ``select`` mask drops."""
+    cut, selects = cdc.cuts(points, keeps, stream)
+    graph, p = mask(graph, params, cut)
+    for conv, keep in selects:
+        w = p[f"{conv}.weight"].copy()
+        w[:, np.setdiff1d(np.arange(w.shape[1]), keep)] = 0.0
+        p[f"{conv}.weight"] = w
+    return graph, p
 
 
+@pytest.mark.parametrize("stream", ["select", "group"])
 @pytest.mark.parametrize("name", ["resnet20", "resnet164", "vgg16", "densenet40"])
-def test_pruned_network_equals_original_with_dropped_channels_silenced(name):
+def test_pruned_network_equals_original_with_dropped_channels_silenced(name, stream):
     g = zoo.build(name, 10, (3, 8, 8)) if name != "resnet164" else zoo.resnet164(10, (3, 8, 8), depth=20)
     params = trained_like(g)
     points = cdc.mask_points(g)
     rng = np.random.default_rng(0)
-    keeps = [np.sort(rng.choice(p.width, max(1, p.width // 3), replace=False)) for p in points]
-    small, sp = cdc.apply(g, params, points, keeps)
+    scores = [rng.normal(size=p.width) for p in points]
+    keeps = cdc.select_top(points, scores, [max(1, p.width // 3) for p in points], stream)
+    if stream == "group":  # masks reading one stream keep one set, and the stream itself loses the rest
+        shared = cdc.shared_groups(points, stream)
+        assert shared or name in ("vgg16", "densenet40")
+        for idx in shared.values():
+            assert all(np.array_equal(keeps[i], keeps[idx[0]]) for i in idx)
+    small, sp = cdc.apply(g, params, points, keeps, stream)
     x = rng.normal(size=(2, 3, 8, 8))
-    want = oracle.forward(g, _zero_dropped_inputs(g, params, points, keeps), x)[g.output]
+    want = oracle.forward(*_zero_dropped_inputs(g, params, points, keeps, stream), x)[g.output]
     got = oracle.forward(small, sp, x)[small.output]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     assert flops.count_macs(small) < flops.count_macs(g)
@@ -43,24 +52,29 @@ def test_mask_points_follow_the_reference_placement():
     points = {p.conv: p for p in cdc.mask_points(zoo.build("resnet56"))}
     assert len(points) == 54 and "conv1" not in points  # two per block, never the stem
     assert points["layer1.0.conv1"].mode == "inputs" and points["layer1.0.conv1"].tap == "relu"
+    assert points["layer1.0.conv1"].group == "conv1" and points["layer1.0.conv1"].cuttable  # the stage-1 stream
     assert points["layer2.3.conv1"].tap == "layer2.2.relu2"  # reads the residual stream
-    assert points["layer2.3.conv2"].mode == "outputs" and points["layer2.3.conv2"].producer == "layer2.3.conv1"
+    assert points["layer2.3.conv2"].mode == "outputs" and points["layer2.3.conv2"].group == "layer2.3.conv1"
     assert points["layer3.8.conv2"].block == 26
     bottleneck = [p.conv for p in cdc.mask_points(zoo.resnet164(depth=20))]
     assert "layer2.0.shortcut" not in bottleneck and "layer2.0.conv3" in bottleneck
+    dense = {p.conv: p for p in cdc.mask_points(zoo.build("densenet40"))}
+    assert dense["dense1.3.conv"].group is None and dense["dense1.3.conv"].mode == "inputs"  # a concatenation
 
 
-def test_keep_inputs_composes_and_keep_outputs_refuses_residual_channels():
+def test_shared_streams_cut_as_one_group_leave_no_select():
     g = zoo.build("resnet20", 10, (3, 8, 8))
-    p = init_params(g)
-    g1, p1 = prune.keep_inputs(g, p, "layer1.1.conv1", [0, 2, 4, 6, 8])
-    g2, p2 = prune.keep_inputs(g1, p1, "layer1.1.conv1", [1, 3])
-    assert g2["layer1.1.conv1.in_select"].attrs["src"] == (2, 6)
-    np.testing.assert_array_equal(p2["layer1.1.conv1.weight"], p["layer1.1.conv1.weight"][:, [2, 6]])
-    with pytest.raises(UserError, match="add"):
-        prune.keep_outputs(g, p, "layer1.0.conv2", [0, 1])
-    with pytest.raises(UserError, match="distinct"):
-        prune.keep_outputs(g, p, "layer1.0.conv1", [0, 0])
+    p = trained_like(g)
+    points = cdc.mask_points(g)
+    counts = cdc.uniform_counts(points, 0.5)
+    keeps = cdc.select_top(points, [np.arange(pt.width, dtype=float) for pt in points], counts, "group")
+    small, _ = cdc.apply(g, p, points, keeps, "group")
+    assert not [n for n in small.of_op("select") if n.name.endswith("in_select")]
+    assert small.shapes()["layer1.0.relu2"][0] == 8 and small.shapes()["layer3.2.relu2"][0] == 32
+    selected, _ = cdc.apply(g, p, points, keeps, "select")
+    assert len([n for n in selected.of_op("select") if n.name.endswith("in_select")]) == 9
+    assert selected.shapes()["layer1.0.relu2"][0] == 16  # the reference keeps the stream whole
+    assert cdc.macs_after(g, points, counts, "group") < cdc.macs_after(g, points, counts, "select")
 
 
 def test_uniform_counts_rounding_min_width_and_predefined_checks():
@@ -87,7 +101,9 @@ def test_mac_target_is_met_from_below():
 
 
 def test_select_top_keeps_highest_scores():
-    assert cdc.select_top([np.array([0.1, 0.9, 0.5, 0.7])], [2])[0].tolist() == [1, 3]
+    points = cdc.mask_points(zoo.build("resnet20", 10, (3, 8, 8)))[1:2]  # an inner mask: 16 channels
+    scores = [np.r_[0.1, 0.9, 0.5, 0.7, np.zeros(12)]]
+    assert cdc.select_top(points, scores, [2])[0].tolist() == [1, 3]
 
 
 def test_coarse_groups_merge_the_classes_a_model_confuses():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress_core import flops, zoo
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, bn_node, conv_node
+from compress_core.ir import flops, zoo
+from compress_core.ir.graph import Graph, Node, bn_node, conv_node
 from tests.conftest import close, trained_like
 
 

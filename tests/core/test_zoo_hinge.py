@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress_core import flops, zoo
 from compress_core.errors import UserError
+from compress_core.ir import flops, zoo
 from tests import oracle
 from tests.conftest import close, trained_like
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from compress_core import checkpoint, fileio, zoo
-from compress_core.init import init_params
+from compress_core import fileio
+from compress_core.ir import checkpoint, zoo
+from compress_core.ir.init import init_params
 from methods import cdc_prune, decompose, evaluate, kse, train
 from tests.conftest import trained_like
 
@@ -64,7 +65,29 @@ def _a_file(tmp_path):
     return str(p)
 
 
+def _corrupt(tmp_path):
+    p = tmp_path / "corrupt.safetensors"
+    p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    return str(p)
+
+
+def _other_arch(tmp_path):
+    g = zoo.build("resnet32", 10, (1, 8, 8))
+    p = str(tmp_path / "resnet32.safetensors")
+    checkpoint.save_checkpoint(p, g, init_params(g))
+    return p
+
+
 CASES = {
+    "unknown field": (train.cli, ["--config.train.epochz=3"], "train.epochz"),
+    "wrong type": (train.cli, ["--config.train.epochs=0.5"], "0.5"),
+    "unknown backend": (train.cli, ["--backend", "jax"], "jax"),
+    "missing checkpoint": (evaluate.cli, ["--checkpoint", "/nonexistent/x.safetensors"], "/nonexistent"),
+    "corrupt checkpoint": (evaluate.cli, ["--checkpoint", _corrupt], "corrupt"),
+    "other architecture": (train.cli, [lambda t: f"--config.model.weights={_other_arch(t)}"], "resnet32"),
+    "data path without files": (train.cli, ["--config.data.name=cifar10", lambda t: f"--config.data.path={t}"],
+                                "missing file"),
+    "bad value": (train.cli, ["--config.train.momentum=1.5"], "train.momentum"),
     "get_config raises": (train.cli, [lambda t: "--config=" + _config(t, "def get_config():\n    return 1 / 0\n")],
                           "ZeroDivisionError"),
     "config import fails": (train.cli, [lambda t: "--config=" + _config(t, "import no_such_module_here\n")],
@@ -100,7 +123,8 @@ def test_bad_input_is_refused_before_any_work(case, tmp_path, capsys):
     cli, args, needle = CASES[case]
     args = [a(tmp_path) if callable(a) else a for a in args]
     workdir = tmp_path / "untouched"
-    assert cli(["--backend", "torch", "--workdir", str(workdir), *args]) == 2
+    argv = ([] if "--backend" in args else ["--backend", "torch"]) + ["--workdir", str(workdir), *args]
+    assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert not workdir.exists()

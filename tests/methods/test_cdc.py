@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from compress_core import cdc, checkpoint, config, flops, zoo
+from compress_core.data import config
+from compress_core.ir import checkpoint, flops, zoo
+from compress_core.recipes import cdc
 from methods import cdc_distill, cdc_prune, common
 from tests.conftest import close, trained_like
 
@@ -41,7 +43,7 @@ def test_tf_and_torch_give_the_same_scores_cuts_and_pruned_logits(digits_ctx, ba
     for name, b in backends.items():
         model = b.build(g, params)
         scores = cdc_prune.score_channels(_ctx(cfg, splits, b, tmp_path), model, points, groups)
-        keeps = cdc.select_top(scores, cdc.uniform_counts(points, 0.45))
+        keeps = cdc.select_top(points, scores, cdc.uniform_counts(points, 0.45))
         small, sp = cdc.apply(g, b.get_weights(model), points, keeps)
         out[name] = (scores, keeps, small, sp)
     for s_torch, s_tf in zip(out["torch"][0], out["tf"][0]):
@@ -148,7 +150,7 @@ def test_cdc_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     teacher = tmp_path / "t.safetensors"
     g = zoo.build("resnet20", 10, (1, 8, 8))
     checkpoint.save_checkpoint(str(teacher), g, trained_like(g))
-    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), f"--config.cdc.teacher={teacher}", *args]
+    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), f"--config.model.weights={teacher}", *args]
     assert cdc_prune.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1], err

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from backends.base import get_backend
-from compress_core import checkpoint, config
+from compress_core.data import config
+from compress_core.ir import checkpoint
 from methods import cdc_distill, cdc_prune, common
 from tests.conftest import digits_teacher
 
@@ -20,7 +21,7 @@ def pruned(tmp_path_factory):
     """``(teacher, student)`` checkpoints: cdc_prune's ``pruned.safetensors``, which precedes fine-tuning."""
     d = tmp_path_factory.mktemp("prune")
     teacher = digits_teacher(d, seed=11)
-    cfg = config.load_config(f"{common.HYPERPARAMS}/cdc_resnet20_digits.py", [f"cdc.teacher={teacher}"])
+    cfg = config.load_config(f"{common.HYPERPARAMS}/cdc_resnet20_digits.py", [f"model.weights={teacher}"])
     splits, backend = common.load_data(cfg), get_backend("torch")
     ctx = common.Context(cfg, backend, str(d), splits)
     cdc_prune.prune(ctx, common.load_model(backend, teacher, splits))  # the scoring and cut alone

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from compress_core import checkpoint
+from compress_core.ir import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config.train.batch_size=512"]

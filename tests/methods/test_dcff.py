@@ -8,7 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from compress_core import checkpoint, config, dcff, flops, zoo
+from compress_core.data import config
+from compress_core.ir import checkpoint, flops, zoo
+from compress_core.recipes import dcff
 from methods import common
 from methods import dcff as dcff_method
 from tests.conftest import close, trained_like
@@ -85,7 +87,7 @@ def test_hyperparameter_files_validate():
 
 
 BAD = {
-    "rate list of the wrong length": (["--config.dcff.rates=[0.5]*9+[0.25]*2"], "has 11 numbers; resnet20 expects 12"),
+    "rate list of the wrong length": (["--config.dcff.rates=[0.5]*9+[0.25]*2"], "has 11 numbers; resnet20 expects 1 (one for every conv) or 19 (one per conv) or 12 (lmbxmu"),
     "rate outside [0, 1)": (["--config.dcff.rates=[0.5]*9+[0.25]*2+[1.0]"], r"dcff.rates[11] is 1.0, outside [0, 1)"),
     "temperature of 0": (["--config.dcff.t_start=0"], "'dcff.t_start' must be > 0, got 0"),
     "unknown schedule": (["--config.dcff.schedule=fast"], "dcff.schedule"),
@@ -107,7 +109,7 @@ def test_warm_start_from_a_trained_checkpoint(tmp_path):
     path = str(tmp_path / "base.safetensors")
     checkpoint.save_checkpoint(path, g, trained_like(g, seed=7))
     workdir = tmp_path / "w"
-    argv = ["--workdir", str(workdir), f"--config.dcff.init={path}", "--config.train.epochs=1",
+    argv = ["--workdir", str(workdir), f"--config.model.weights={path}", "--config.train.epochs=1",
             "--config.train.batch_size=256"]
     assert dcff_method.cli(argv) == 0
     assert "starting from" in (workdir / "log.txt").read_text()
@@ -117,11 +119,11 @@ def test_warm_start_from_a_trained_checkpoint(tmp_path):
     other = str(tmp_path / "other.safetensors")
     small = zoo.build("resnet20", 10, (1, 8, 8), {"layer1.0.conv1": 8})
     checkpoint.save_checkpoint(other, small, trained_like(small))
-    assert dcff_method.cli(["--workdir", str(tmp_path / "x"), f"--config.dcff.init={other}"]) == 2
+    assert dcff_method.cli(["--workdir", str(tmp_path / "x"), f"--config.model.weights={other}"]) == 2
     assert not os.path.exists(tmp_path / "x")
     # so is the right network trained on other data (3x32x32 images, not 1x8x8 digits)
     rgb = str(tmp_path / "rgb.safetensors")
     g32 = zoo.build("resnet20", 10, (3, 32, 32))
     checkpoint.save_checkpoint(rgb, g32, trained_like(g32))
-    assert dcff_method.cli(["--workdir", str(tmp_path / "y"), f"--config.dcff.init={rgb}"]) == 2
+    assert dcff_method.cli(["--workdir", str(tmp_path / "y"), f"--config.model.weights={rgb}"]) == 2
     assert not os.path.exists(tmp_path / "y")

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from compress_core import checkpoint, config, flops
+from compress_core.data import config
+from compress_core.ir import checkpoint, flops
 from methods import common
 from methods import decompose as method
 from tests.conftest import close, digits_teacher
@@ -50,7 +51,7 @@ def test_tf_and_torch_give_the_same_ranks_and_decomposed_logits(backends, teache
                                            ("tf", ["--config.decompose.method=cp", "--config.decompose.fc=diagonal",
                                                    "--config.decompose.layers=('layer1.0.conv1','fc')"])])
 def test_decompose_end_to_end_and_resume(backend, extra, teacher, tmp_path, capsys):
-    argv = ["--backend", backend, "--workdir", str(tmp_path / "w"), f"--config.model.init={teacher}",
+    argv = ["--backend", backend, "--workdir", str(tmp_path / "w"), f"--config.model.weights={teacher}",
             LAYERS, *TINY, *extra]
     assert method.cli(argv) == 0
     out = capsys.readouterr().out
@@ -120,7 +121,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_decompose_bad_input_is_one_line_exit_2(case, teacher, tmp_path, capsys):
     arg, needle = BAD[case]
-    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), f"--config.model.init={teacher}", arg]
+    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), f"--config.model.weights={teacher}", arg]
     assert method.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1], err

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from compress_core import checkpoint, config, flops
+from compress_core.data import config
+from compress_core.ir import checkpoint, flops
 from methods import common
 from methods import hinge as hinge_method
 from tests.conftest import digits_teacher
@@ -28,7 +29,7 @@ def runs(teacher, tmp_path_factory):
     out = {}
     for name in ("torch", "tf"):
         work = tmp_path_factory.mktemp(f"run_{name}") / "w"
-        argv = ["--backend", name, "--workdir", str(work), f"--config.hinge.teacher={teacher}", *TINY]
+        argv = ["--backend", name, "--workdir", str(work), f"--config.model.weights={teacher}", *TINY]
         assert hinge_method.cli(argv) == 0
         out[name] = (argv, work, json.loads((work / "metrics.json").read_text()))
     return out

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from compress_core import checkpoint, config, flops, kse, zoo
+from compress_core.data import config
+from compress_core.ir import checkpoint, flops, zoo
+from compress_core.recipes import kse
 from methods import common
 from methods import kse as kse_method
 from tests.conftest import close, digits_teacher, trained_like
@@ -55,15 +57,17 @@ def test_training_moves_centroids_and_keeps_assignments(backend, teacher, digits
     codes, _ = kse_method.make_codes(cfg, g, params)
     small, sp, codes = kse.compress(g, params, codes)
     model = backend.build(small, sp)
-    holder = kse_method._Codes(codes)
+    projector = kse_method.Projector(backend, model, codes)
     from backends.base import LossSpec
 
-    trainer = kse_method.ProjectingBackend(backend, holder).trainer(model, LossSpec(weight_decay=1e-4))
-    for _ in range(2):
+    trainer = backend.trainer(model, LossSpec(weight_decay=1e-4))
+    projector.on_epoch(0, trainer)
+    for _ in range(2):  # what common.fit does: a step, then the on_step hook
         trainer.step(splits.train.x[:64], splits.train.y[:64], 0.05)
+        projector.on_step(0.05, trainer)
     after = backend.get_weights(model)
     name = "layer2.1.conv1"
-    code = holder.codes[name]
+    code = projector.codes[name]
     moved = False
     for j, (book, lab) in enumerate(zip(code.codebooks, code.labels)):
         # every kernel is its centroid, with the assignments fixed at clustering
@@ -75,7 +79,7 @@ def test_training_moves_centroids_and_keeps_assignments(backend, teacher, digits
 
 @pytest.mark.parametrize("backend_name", ["torch", "tf"])
 def test_kse_end_to_end_export_and_resume(backend_name, teacher, tmp_path, capsys):
-    argv = ["--backend", backend_name, "--workdir", str(tmp_path / "w"), f"--config.kse.teacher={teacher}", *TINY]
+    argv = ["--backend", backend_name, "--workdir", str(tmp_path / "w"), f"--config.model.weights={teacher}", *TINY]
     assert kse_method.cli(argv) == 0
     out = capsys.readouterr().out
     assert "exported form:" in out and "fine-tuned shared" in out
@@ -102,7 +106,7 @@ def _nan_teacher(tmp_path):
     p["layer1.1.conv2.weight"][0, 0, 0, 0] = np.nan
     path = tmp_path / "nan.safetensors"
     checkpoint.save_checkpoint(str(path), g, p)
-    return f"--config.kse.teacher={path}"
+    return f"--config.model.weights={path}"
 
 
 BAD = {
@@ -123,12 +127,3 @@ def test_kse_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "w").exists()
-
-
-def test_projecting_trainer_forwards_every_trainer_method():
-    # a method the wrapper does not define would run Trainer's version, not the backend's, and
-    # the coded convolutions would silently leave their centroids
-    from backends.base import Trainer
-
-    public = {n for n in vars(Trainer) if not n.startswith("_")}
-    assert public and public <= set(vars(kse_method.ProjectingTrainer))

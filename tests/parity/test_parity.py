@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backends.base import LossSpec, OptimSpec
-from compress_core import checkpoint, flops, zoo
+from compress_core.ir import checkpoint, flops, zoo
 from tests.conftest import close, trained_like
 
 pytestmark = pytest.mark.parity
@@ -38,7 +38,6 @@ def test_same_checkpoint_same_logits_and_costs(name, backends, batch, tmp_path):
     assert close(lt, lf) < 1e-4
     assert np.array_equal(lt.argmax(1), lf.argmax(1))
     assert flops.summary(torch_model.graph) == flops.summary(tf_model.graph)
-    assert backends["torch"].prunable_layers(torch_model) == backends["tf"].prunable_layers(tf_model)
 
 
 # One step, as the contract states it. Later steps are not compared: a batch-statistics value within

@@ -11,7 +11,9 @@ A convolution ``W`` (``n`` filters) followed by a matrix ``A [n, m]`` computes
 * a zero **column** ``j`` removes output ``j`` of the pair, the BatchNorm entries
   that normalise it and the matching inputs of the next conv (filter pruning).
 
-Placement per architecture (the reference's ``model_hinge`` modules):
+Placement per architecture (the reference's ``model_hinge`` modules), found from the
+graph's structure: the two or three convs of every residual block's branch, every conv
+but the first of a chain, every conv but the stem of a DenseNet:
 
 ==============  ===================================================================
 resnet20..110   ``<conv>.hinge`` (n x n, no bias) after both 3x3 convs of every
@@ -30,8 +32,9 @@ wrn16_10        ``<conv>.hinge`` with bias (the conv's bias moves there) after b
                 conv2: rows; identity initialisation
 ==============  ===================================================================
 
-Everything here is numpy on canonical parameter dicts; :func:`compress` returns
-an ordinary smaller graph that every backend builds.
+Everything here is numpy on canonical parameter dicts; :func:`compress` cuts the zero
+groups through :mod:`compress_core.surgery` and returns an ordinary smaller graph that
+every backend builds.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress_core import flops, group_sparsity, prune
+from compress_core.criteria import group_sparsity
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir import flops
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.surgery import channel_groups, group_of, prune
+from compress_core.surgery.structure import residual_blocks
 
 #: ``l21`` (group lasso, the paper; the reference's ``'l1'``) or ``l1/2`` (the reference's ``'l1d2'``)
 PENALTIES = group_sparsity.PENALTIES
@@ -91,20 +97,24 @@ class Placement:
 
 
 # -- placement ------------------------------------------------------------------------------------
+# Each reference placement finds its convs from the graph's structure (residual blocks and their
+# branches, compress_core.surgery.structure), not from layer names; the architecture picks which one.
+def _branches(graph: Graph, length: int) -> list[tuple[str, ...]]:
+    return [b.branch for b in residual_blocks(graph) if len(b.branch) == length]
+
+
 def _basic(graph: Graph) -> Placement:
-    convs = [n.name for n in graph.of_op("conv") if re.fullmatch(r"layer\d+\.\d+\.conv[12]", n.name)]
-    sparse = tuple(Sparse(f"{c}.hinge", ("rows",), c, 1 if c.endswith("conv1") else 2,
-                          "" if c.endswith("conv1") else f"{c[:-1]}1.hinge") for c in convs)
-    return Placement("basic", "svd2", sparse, tuple(convs), False, "mean")
+    sparse, convs = [], []
+    for c1, c2 in _branches(graph, 2):
+        sparse += [Sparse(f"{c1}.hinge", ("rows",), c1, 1), Sparse(f"{c2}.hinge", ("rows",), c2, 2, f"{c1}.hinge")]
+        convs += [c1, c2]
+    return Placement("basic", "svd2", tuple(sparse), tuple(convs), False, "mean")
 
 
 def _bottleneck(graph: Graph) -> Placement:
-    blocks = sorted({n.name.rsplit(".", 1)[0] for n in graph.of_op("conv")
-                     if re.fullmatch(r"layer\d+\.\d+\.conv1", n.name)}, key=_block_order(graph))
     sparse = []
-    for p in blocks:
-        sparse += [Sparse(f"{p}.conv1", ("columns",), family=1),
-                   Sparse(f"{p}.conv3", ("rows",), f"{p}.conv2", 2, f"{p}.conv1")]
+    for c1, c2, c3 in _branches(graph, 3):
+        sparse += [Sparse(c1, ("columns",), family=1), Sparse(c3, ("rows",), c2, 2, c1)]
     return Placement("bottleneck", "pretrained", tuple(sparse))
 
 
@@ -116,29 +126,23 @@ def _vgg(graph: Graph) -> Placement:
 
 
 def _densenet(graph: Graph) -> Placement:
-    convs = [n.name for n in graph.of_op("conv") if re.fullmatch(r"(dense\d+\.\d+|trans\d+)\.conv", n.name)]
+    convs = [n.name for n in graph.of_op("conv") if n.inputs[0] != "input"]  # every conv but the stem
     return Placement("densenet", "svd2", tuple(Sparse(f"{c}.hinge", ("rows",), c) for c in convs), tuple(convs))
 
 
 def _resnext(graph: Graph) -> Placement:
-    sparse = []
-    for n in graph.of_op("conv"):
-        if re.fullmatch(r"layer\d+\.\d+\.conv2", n.name):
-            p = n.name.rsplit(".", 1)[0]
-            sparse.append(Sparse(f"{p}.conv3", ("paths",), f"{p}.conv1", paths=int(n.attrs["groups"])))
-    return Placement("resnext", "pretrained", tuple(sparse))
+    sparse = tuple(Sparse(c3, ("paths",), c1, paths=int(graph[c2].attrs["groups"]))
+                   for c1, c2, c3 in _branches(graph, 3) if graph[c2].attrs["groups"] > 1)
+    return Placement("resnext", "pretrained", sparse)
 
 
 def _wrn(graph: Graph) -> Placement:
-    convs = [n.name for n in graph.of_op("conv") if re.fullmatch(r"layer\d+\.\d+\.conv[12]", n.name)]
-    sparse = tuple(Sparse(f"{c}.hinge", ("columns",), c, 1, merge=True) if c.endswith("conv1") else
-                   Sparse(f"{c}.hinge", ("rows",), c, 2, f"{c[:-1]}1.hinge") for c in convs)
-    return Placement("wrn", "identity", sparse, tuple(convs), True)
-
-
-def _block_order(graph: Graph) -> Callable[[str], int]:
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    return lambda block: order[f"{block}.conv1"]
+    sparse, convs = [], []
+    for c1, c2 in _branches(graph, 2):
+        sparse += [Sparse(f"{c1}.hinge", ("columns",), c1, 1, merge=True),
+                   Sparse(f"{c2}.hinge", ("rows",), c2, 2, f"{c1}.hinge")]
+        convs += [c1, c2]
+    return Placement("wrn", "identity", tuple(sparse), tuple(convs), True)
 
 
 PLACEMENTS: dict[str, Callable[[Graph], Placement]] = {
@@ -259,7 +263,7 @@ def regulariser(params, place: Placement, family: int = 1) -> float:
 
 def gradient_norm_sums(grads: Mapping[str, np.ndarray], place: Placement) -> tuple[float, float]:
     """``sum_{l,g} ||grad A_{l,g}||`` of family 1 and of family 2, groups along each matrix's axes
-    (the two inputs of :class:`compress_core.group_sparsity.GradRatio`)."""
+    (the two inputs of :class:`compress_core.criteria.group_sparsity.GradRatio`)."""
     return float(sum(_norm_sums(grads, place, 1))), float(sum(_norm_sums(grads, place, 2)))
 
 
@@ -321,31 +325,6 @@ def keep_sets(params, place: Placement, tau: float, remain: float = 0.2, same_ra
 
 
 # -- compression ------------------------------------------------------------------------------------
-def _keep_paths(graph: Graph, params: dict, s: Sparse, paths: np.ndarray) -> tuple[Graph, dict]:
-    """Remove whole ResNeXt paths: conv1 filters, bn1, the grouped conv2 (fewer groups), bn2, conv3 inputs."""
-    block = s.node.rsplit(".", 1)[0]
-    c1, c2, c3 = (f"{block}.conv{i}" for i in (1, 2, 3))
-    per = graph.shapes()[c1][0] // s.paths
-    ch = (paths[:, None] * per + np.arange(per)[None]).ravel()
-    p = dict(params)
-    p[f"{c1}.weight"] = params[f"{c1}.weight"][ch]
-    w2 = params[f"{c2}.weight"]  # [inner, per, k, k]: groups keep their own input slices
-    p[f"{c2}.weight"] = w2[ch]
-    for bn in (f"{block}.bn1", f"{block}.bn2"):
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            p[f"{bn}.{k}"] = params[f"{bn}.{k}"][ch]
-    for c in (c1, c2):
-        if f"{c}.bias" in params:
-            p[f"{c}.bias"] = params[f"{c}.bias"][ch]
-    p[f"{c3}.weight"] = params[f"{c3}.weight"][:, ch]
-    nodes = list(graph.nodes)
-    prune._set_attr(nodes, c1, out=int(ch.size))
-    prune._set_attr(nodes, c2, out=int(ch.size), groups=int(paths.size))
-    new = graph.replace(nodes)
-    new.shapes()
-    return new, p
-
-
 def _merge(graph: Graph, params: dict, conv: str, hinge: str) -> tuple[Graph, dict]:
     """Fold ``conv`` and the 1x1 ``hinge`` that reads it into one conv named ``conv``:
     ``W'_j = sum_i A_ij W_i``, ``b' = A^T b_W + b_A``."""
@@ -355,8 +334,13 @@ def _merge(graph: Graph, params: dict, conv: str, hinge: str) -> tuple[Graph, di
     p[f"{conv}.weight"] = w.astype(np.float32)
     if b is not None:
         p[f"{conv}.bias"] = b.astype(np.float32)
-    nodes = [n for n in graph.nodes if n.name != hinge]
-    prune._set_attr(nodes, conv, out=int(a.shape[1]), bias=b is not None)
+    nodes = []
+    for n in graph.nodes:
+        if n.name == hinge:
+            continue
+        if n.name == conv:
+            n = Node(conv, n.op, n.inputs, {**n.attrs, "out": int(a.shape[1]), "bias": b is not None})
+        nodes.append(n)
     _rewire(nodes, hinge, conv)
     new = graph.replace(nodes)
     new.shapes()
@@ -365,17 +349,20 @@ def _merge(graph: Graph, params: dict, conv: str, hinge: str) -> tuple[Graph, di
 
 def apply_keep(graph: Graph, params: Mapping[str, np.ndarray], place: Placement,
                keep: Mapping[tuple[str, str], np.ndarray]) -> tuple[Graph, dict[str, np.ndarray]]:
-    """Remove every group not in ``keep`` and merge where the placement says: a plain smaller graph."""
-    p = dict(params)
+    """Remove every group not in ``keep`` in one pass of :func:`compress_core.surgery.prune` and merge
+    where the placement says: a plain smaller graph. Rows of ``A`` are the output channels of the conv
+    before it (its channel group), columns the outputs of ``A`` itself, paths the units of a ResNeXt
+    block's inner group (conv1's filters, the grouped conv2, conv3's columns)."""
+    groups = channel_groups(graph)
+    cut = {}
     for s in place.sparse:
         for axis in s.axes:
-            idx = keep[(s.node, axis)]
-            if axis == "paths":
-                graph, p = _keep_paths(graph, p, s, idx)
-            elif axis == "rows":
-                graph, p = prune.keep_outputs(graph, p, s.rows_of, idx)
-            else:
-                graph, p = prune.keep_outputs(graph, p, s.node, idx)
+            gid = group_of(groups, s.node if axis == "columns" else s.rows_of).id
+            if gid in cut:
+                raise UserError(f"Hinge placement cuts channel group '{gid}' twice ({s.node}, {axis})")
+            cut[gid] = keep[(s.node, axis)]
+    graph, p = prune(graph, params, cut, groups)
+    for s in place.sparse:
         if s.merge:
             graph, p = _merge(graph, p, s.rows_of, s.node)
     meta = {k: v for k, v in graph.meta.items() if k != "widths"}
@@ -401,7 +388,7 @@ def search_threshold(graph: Graph, params, place: Placement, target: float, base
     """The global nullifying threshold whose MAC ratio is closest to ``target``: ``(tau, ratio, how)``.
 
     First the reference's step-halving walk from ``tau0``
-    (:func:`compress_core.group_sparsity.threshold_search`); when it ends farther than
+    (:func:`compress_core.criteria.group_sparsity.threshold_search`); when it ends farther than
     ``tolerance`` from the target (its steps can jump over a step of the ratio), a
     bisection over midpoints between neighbouring group norms (the ratio only changes
     at a norm and is non-increasing in ``tau``) finds the closest reachable ratio.

@@ -1,7 +1,7 @@
 """A framework-neutral description of a CNN: the one model format of the library.
 
 Both backends build their live models by interpreting a :class:`Graph`, so a
-network is defined once (in :mod:`compress_core.zoo` or by a compression method
+network is defined once (in :mod:`compress_core.ir.zoo` or by a compression method
 editing a graph) and is the same network in TensorFlow and in PyTorch. FLOPs,
 parameter counts, canonical parameter names and checkpoint compatibility are all
 derived from the graph, never from a framework object.

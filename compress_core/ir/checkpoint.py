@@ -17,7 +17,7 @@ import numpy as np
 
 from compress_core.errors import UserError
 from compress_core.fileio import atomic_write_bytes
-from compress_core.graph import Graph
+from compress_core.ir.graph import Graph
 
 FORMAT = "compress-ckpt/1"
 

@@ -30,7 +30,7 @@ import functools
 from collections.abc import Callable, Mapping
 
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, bn_node, conv_node
+from compress_core.ir.graph import Graph, Node, bn_node, conv_node
 
 CIFAR_RESNET_DEPTHS = (20, 32, 44, 56, 110)
 

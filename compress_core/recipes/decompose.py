@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compress_core import flops, lowrank
+from compress_core.criteria import lowrank
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir import flops
+from compress_core.ir.graph import Graph, Node, conv_node
 
 
 class Skip(Exception):
@@ -65,7 +66,7 @@ def _groups(graph: Graph, params, node: Node) -> list[np.ndarray]:
 
 def tucker2_ranks_of(graph: Graph, params, layer: str, weakening: float = 0.0) -> tuple[int, int]:
     """VBMF ranks of conv ``layer``: the largest over its groups (one rank for every group),
-    then :func:`compress_core.lowrank.weaken` toward the group's channel counts."""
+    then :func:`compress_core.criteria.lowrank.weaken` toward the group's channel counts."""
     node = _layer(graph, layer, "conv")
     groups = _groups(graph, params, node)
     ranks = [lowrank.tucker2_ranks(w) for w in groups]
@@ -77,7 +78,7 @@ def tucker2_ranks_of(graph: Graph, params, layer: str, weakening: float = 0.0) -
 def tucker2_conv(graph: Graph, params, layer: str, ranks: Sequence[int] | None = None,
                  weakening: float = 0.0, n_iter_max: int = 100) -> Replacement:
     """Tucker-2 sequence of conv ``layer`` (ranks per group; ``None``: :func:`tucker2_ranks_of`;
-    ``n_iter_max``: HOOI sweeps of :func:`compress_core.lowrank.tucker2`)."""
+    ``n_iter_max``: HOOI sweeps of :func:`compress_core.criteria.lowrank.tucker2`)."""
     node = _layer(graph, layer, "conv")
     a, g = node.attrs, node.attrs["groups"]
     ranks = tuple(ranks) if ranks is not None else tucker2_ranks_of(graph, params, layer, weakening)
@@ -102,8 +103,8 @@ def tucker2_conv(graph: Graph, params, layer: str, ranks: Sequence[int] | None =
 def cp_conv(graph: Graph, params, layer: str, rank: int | None = None, rule: str = "vbmf",
             factors: lowrank.CPFactors | None = None, weakening: float = 0.0, **cp_kw) -> Replacement:
     """CP sequence of ungrouped conv ``layer``: from ``factors``, or ``lowrank.cp`` at ``rank``
-    (``None``: :func:`compress_core.lowrank.cp_rank` with ``rule``, weakened toward ``max(out, in)``,
-    at most :func:`compress_core.lowrank.cp_max_rank`)."""
+    (``None``: :func:`compress_core.criteria.lowrank.cp_rank` with ``rule``, weakened toward ``max(out, in)``,
+    at most :func:`compress_core.criteria.lowrank.cp_max_rank`)."""
     node = _layer(graph, layer, "conv")
     a = node.attrs
     if a["groups"] != 1:
@@ -134,7 +135,7 @@ def cp_conv(graph: Graph, params, layer: str, rank: int | None = None, rule: str
 
 def svd_dense(graph: Graph, params, layer: str, rank: int | None = None, weakening: float = 0.0) -> Replacement:
     """Truncated SVD of dense ``layer``: ``W ~ U_r (S_r V_r^T)`` as two dense layers
-    (``None``: the :func:`compress_core.lowrank.evbmf_rank` of ``W``, weakened toward ``min(out, in)``)."""
+    (``None``: the :func:`compress_core.criteria.lowrank.evbmf_rank` of ``W``, weakened toward ``min(out, in)``)."""
     node = _layer(graph, layer, "dense")
     w = np.asarray(params[f"{layer}.weight"], np.float64)
     if rank is None:
@@ -215,7 +216,7 @@ def apply(graph: Graph, params: Mapping[str, np.ndarray],
 def probe_graphs(graph: Graph, rep: Replacement) -> tuple[Graph, Graph]:
     """One-layer graphs ``(original, factorised)`` reading an input of the source's shape.
 
-    Their MACs (:func:`compress_core.flops.count_macs`) are the layer's cost before
+    Their MACs (:func:`compress_core.ir.flops.count_macs`) are the layer's cost before
     and after; the latency guard times them in a backend.
     """
     shape = graph.shapes()[rep.source]

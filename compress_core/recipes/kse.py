@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress_core import cdc, prune
 from compress_core.criteria.kse import check_weight, map_chunks
 from compress_core.errors import UserError
-from compress_core.graph import Graph, Node, conv_node
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.surgery import channel_groups, prune, select_inputs
+from compress_core.surgery.groups import sole_reader_group
 
 #: distance entries per k-means chunk (bounds memory to ~64 MB of float64)
 _CHUNK_ELEMENTS = 8_000_000
@@ -317,17 +318,24 @@ def compress(graph: Graph, params: Mapping[str, np.ndarray], codes: Mapping[str,
         dense = np.zeros(shape, np.float32)
         dense[:, code.channels] = code.dense()
         p[f"{name}.weight"] = dense
-    points = {pt.conv: pt for pt in cdc.mask_points(graph)}
-    for name, code in list(codes.items()):
+    # a pruned input channel goes with its producer when this conv is the only reader of its group
+    # (the producer's code, when it has one, drops those filters); a shared stream is read through a select
+    groups = channel_groups(graph)
+    cut, selects = {}, []
+    for name, code in codes.items():
         if len(code.channels) == code.in_channels:
             continue
-        point = points.get(name)
-        if point is not None and point.mode == "outputs":
-            graph, p = prune.keep_outputs(graph, p, point.producer, code.channels)
-            if point.producer in codes:
-                codes[point.producer] = codes[point.producer].drop_filters(code.channels)
-        else:
-            graph, p = prune.keep_inputs(graph, p, name, code.channels)
+        group = sole_reader_group(groups, name)
+        if group is None:
+            selects.append((name, code.channels))
+            continue
+        cut[group.id] = code.channels
+        for producer in (m.node for m in group.producers):
+            if producer in codes:
+                codes[producer] = codes[producer].drop_filters(code.channels)
+    graph, p = prune(graph, p, cut, groups)
+    for name, channels in selects:
+        graph, p = select_inputs(graph, p, name, channels)
     return graph, p, codes
 
 

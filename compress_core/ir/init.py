@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress_core.graph import Graph
+from compress_core.ir.graph import Graph
 
 
 def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:

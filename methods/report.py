@@ -1,0 +1,83 @@
+"""One report for every method and benchmark: the same rows, the same table, the same latency timer.
+
+A row describes one network: ``model`` (its label), ``params``, ``macs``,
+``mac_fraction`` (of the first row's MACs), ``val_accuracy`` and ``test_accuracy``
+(%, None when not evaluated), ``latency_b1_ms`` and ``latency_b<B>_ms`` (median CPU
+forward time at batch 1 and at the throughput batch ``B``, every model timed in turns
+in one run) and ``speedup_per_mac_reduction`` (speedup over the first row at batch
+``B`` divided by its MAC reduction: 1 means the saved MACs are all saved time).
+Every method's ``metrics.json`` holds ``rows`` in this form.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+THROUGHPUT_BATCH = 32
+COLUMNS = ("model", "params", "macs", "mac_fraction", "val_accuracy", "test_accuracy", "latency_b1_ms",
+           f"latency_b{THROUGHPUT_BATCH}_ms", "speedup_per_mac_reduction")
+
+
+def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
+    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
+    so that the load of a shared machine weighs on every model alike. Each timed call follows
+    an untimed one of the same model: a call after idleness pays for waking the thread pool."""
+    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
+    for m, x in zip(models, xs):
+        for _ in range(3):
+            backend.forward(m, x)
+    times = [[] for _ in models]
+    for _ in range(repeats):
+        for t, m, x in zip(times, models, xs):
+            backend.forward(m, x)
+            start = time.perf_counter()
+            backend.forward(m, x)
+            t.append(time.perf_counter() - start)
+    return [1000.0 * float(np.median(t)) for t in times]
+
+
+def add_latencies(backend, rows: list[dict], models: list, repeats: int = 20,
+                  batches: tuple[int, ...] = (1, THROUGHPUT_BATCH)) -> None:
+    """Latency columns of every row (its model timed with :func:`interleaved_ms`; a model shared by
+    several rows, the same object, is timed once), then the MAC fraction and the speedup per MAC
+    reduction against the first row."""
+    distinct = list({id(m): m for m in models}.values())
+    for b in batches:
+        ms = dict(zip(map(id, distinct), interleaved_ms(backend, distinct, b, repeats)))
+        for row, m in zip(rows, models):
+            row[f"latency_b{b}_ms"] = ms[id(m)]
+    finish(rows, batches[-1])
+
+
+def finish(rows: list[dict], batch: int = THROUGHPUT_BATCH) -> None:
+    """``mac_fraction`` and ``speedup_per_mac_reduction`` of every row against the first."""
+    base = rows[0]
+    for row in rows:
+        row["mac_fraction"] = row["macs"] / base["macs"]
+        key = f"latency_b{batch}_ms"
+        if key in row and key in base and row["macs"] < base["macs"]:
+            row["speedup_per_mac_reduction"] = (base[key] / row[key]) / (base["macs"] / row["macs"])
+        else:
+            row["speedup_per_mac_reduction"] = None
+
+
+def format_table(rows: list[dict], batch: int = THROUGHPUT_BATCH) -> str:
+    """The rows as the table every method prints."""
+    width = max(12, *(len(r["model"]) + 2 for r in rows))
+    head = (f"{'model':<{width}}{'params':>10}{'MACs':>11}{'MAC %':>7}{'val %':>8}{'test %':>8}{'ms@1':>9}"
+            f"{f'ms@{batch}':>9}{'speedup/MAC red.':>18}")
+    lines = [head, "-" * len(head)]
+    def num(r, key, fmt):
+        v = r.get(key)
+        return format(v, fmt) if v is not None else "-"
+
+    for r in rows:
+        lines.append(f"{r['model']:<{width}}{r['params'] / 1e3:>9.1f}k{r['macs'] / 1e6:>10.2f}M"
+                     f"{100 * r.get('mac_fraction', 1.0):>7.1f}{num(r, 'val_accuracy', '.2f'):>8}"
+                     f"{num(r, 'test_accuracy', '.2f'):>8}{num(r, 'latency_b1_ms', '.2f'):>9}"
+                     f"{num(r, f'latency_b{batch}_ms', '.2f'):>9}{num(r, 'speedup_per_mac_reduction', '.2f'):>18}")
+    lines.append(f"MACs: one multiply-add = one MAC; ms: median CPU forward time, the models timed in turns; "
+                 f"speedup/MAC red.: speedup at batch {batch} over the first row / its MAC reduction")
+    return "\n".join(lines)
