@@ -170,6 +170,18 @@ class Backend(abc.ABC):
     def trainer(self, model: Model, loss: LossSpec, optim: OptimSpec | None = None) -> Trainer:
         """An optimiser for ``model`` with the given loss terms (default ``OptimSpec()``)."""
 
+    #: file formats :meth:`export` writes (``methods.export --format``)
+    export_formats: tuple[str, ...] = ()
+
+    def export(self, graph: Graph, params: Mapping[str, np.ndarray], path: str, fmt: str) -> None:
+        """Write ``graph`` with ``params`` as a file of format ``fmt`` that runs without this library."""
+        raise UserError(f"the {self.name} backend exports no '{fmt}' files (formats: {self.export_formats})")
+
+    def load_exported(self, path: str, fmt: str):
+        """A callable ``f(x NCHW float32) -> logits`` running a file :meth:`export` wrote, as a user of the
+        format would run it (the format's own loader, nothing of this library)."""
+        raise UserError(f"the {self.name} backend reads no '{fmt}' files")
+
     # -- shared conveniences, written once on top of the primitives -------------------------------
     def predict(self, model: Model, batches: Iterable[np.ndarray]) -> np.ndarray:
         """Logits for every batch, concatenated."""

@@ -20,22 +20,27 @@ COLUMNS = ("model", "params", "macs", "mac_fraction", "val_accuracy", "test_accu
            f"latency_b{THROUGHPUT_BATCH}_ms", "speedup_per_mac_reduction")
 
 
-def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
-    """Median wall time (ms) of one forward pass of each model, timed in turns (A, B, A, B, ...)
-    so that the load of a shared machine weighs on every model alike. Each timed call follows
-    an untimed one of the same model: a call after idleness pays for waking the thread pool."""
-    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
-    for m, x in zip(models, xs):
+def time_in_turns(calls, repeats: int) -> list[float]:
+    """Median wall time (ms) of each zero-argument call, timed in turns (A, B, A, B, ...) so that the
+    load of a shared machine weighs on every contestant alike. Each timed call follows an untimed
+    one of the same contestant: a call after idleness pays for waking the thread pool."""
+    for call in calls:
         for _ in range(3):
-            backend.forward(m, x)
-    times = [[] for _ in models]
+            call()
+    times = [[] for _ in calls]
     for _ in range(repeats):
-        for t, m, x in zip(times, models, xs):
-            backend.forward(m, x)
+        for t, call in zip(times, calls):
+            call()
             start = time.perf_counter()
-            backend.forward(m, x)
+            call()
             t.append(time.perf_counter() - start)
     return [1000.0 * float(np.median(t)) for t in times]
+
+
+def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
+    """:func:`time_in_turns` of one forward pass of each model of ``backend`` on a batch of ``batch``."""
+    xs = [np.random.default_rng(0).normal(size=(batch, *m.graph.input_shape)).astype(np.float32) for m in models]
+    return time_in_turns([lambda m=m, x=x: backend.forward(m, x) for m, x in zip(models, xs)], repeats)
 
 
 def add_latencies(backend, rows: list[dict], models: list, repeats: int = 20,

@@ -27,12 +27,43 @@ def _conv(x, w, b, stride, pad, dilation, groups):
     return y
 
 
-def _pool(x, k, s, fn):
+def _pool(x, k, s, fn, pad=0, ceil=False, fill=0.0):
+    """Pooling with PyTorch's rules: symmetric ``pad`` filled with ``fill`` (-inf for max, zeros that
+    count in a mean), ``ceil`` mode windows that may run past the input (never starting in the right
+    padding), ``k``/``s``/``pad`` ints or pairs."""
+    k, s, pad = (np.broadcast_to(v, 2).astype(int) for v in (k, s, pad))
     h, w = x.shape[2:]
-    ho, wo = (h - k) // s + 1, (w - k) // s + 1
-    win = np.stack([x[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-                    for i in range(k) for j in range(k)])
+    out = []
+    for size, kk, ss, pp in ((h, k[0], s[0], pad[0]), (w, k[1], s[1], pad[1])):
+        n = (size + 2 * pp - kk) // ss + 1
+        if ceil:
+            n = -(-(size + 2 * pp - kk) // ss) + 1
+            n -= (n - 1) * ss >= size + pp
+        out.append(n)
+    extra = [max(0, (o - 1) * ss + kk - size - 2 * pp) for o, ss, kk, size, pp in zip(out, s, k, (h, w), pad)]
+    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]), (pad[1], pad[1] + extra[1])), constant_values=fill)
+    ho, wo = out
+    win = np.stack([x[:, :, i:i + s[0] * (ho - 1) + 1:s[0], j:j + s[1] * (wo - 1) + 1:s[1]]
+                    for i in range(k[0]) for j in range(k[1])])
     return fn(win, axis=0)
+
+
+def _adaptive_avg(x, oh, ow):
+    h, w = x.shape[2:]
+    y = np.zeros(x.shape[:2] + (oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            y[:, :, i, j] = x[:, :, (i * h) // oh:-(-((i + 1) * h) // oh), (j * w) // ow:-(-((j + 1) * w) // ow)].mean((2, 3))
+    return y
+
+
+def _relu6(z):
+    return np.clip(z, 0, 6)
+
+
+ACTIVATIONS = {"relu": lambda z: np.maximum(z, 0), "relu6": _relu6, "hardswish": lambda z: z * _relu6(z + 3) / 6,
+               "hardsigmoid": lambda z: _relu6(z + 3) / 6, "silu": lambda z: z / (1 + np.exp(-z)),
+               "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "dropout": lambda z: z}
 
 
 def forward(graph: Graph, params: dict, x: np.ndarray, bn_batch_stats: bool = False) -> dict:
@@ -60,20 +91,29 @@ def forward(graph: Graph, params: dict, x: np.ndarray, bn_batch_stats: bool = Fa
                 mean, var = p[f"{n.name}.running_mean"], p[f"{n.name}.running_var"]
             y = ((z - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + a["eps"])
                  * p[f"{n.name}.weight"].reshape(shape) + p[f"{n.name}.bias"].reshape(shape))
-        elif n.op == "relu":
-            y = np.maximum(ins[0], 0)
+        elif n.op in ACTIVATIONS:
+            y = ACTIVATIONS[n.op](ins[0])
+        elif n.op == "mul":
+            a_, b_ = ins
+            if a_.ndim == 4 and b_.ndim == 2:
+                b_ = b_[:, :, None, None]
+            elif b_.ndim == 4 and a_.ndim == 2:
+                a_ = a_[:, :, None, None]
+            y = a_ * b_
+        elif n.op == "adaptive_avgpool":
+            y = _adaptive_avg(ins[0], *a["out"])
         elif n.op == "add":
             y = sum(ins)
         elif n.op == "concat":
             y = np.concatenate(ins, axis=1)
         elif n.op == "gap":
-            y = ins[0].mean(axis=(2, 3))
+            y = ins[0].mean(axis=(2, 3), keepdims=bool(a.get("keep", False)))
         elif n.op == "flatten":
             y = ins[0].reshape(len(ins[0]), -1)
         elif n.op == "maxpool":
-            y = _pool(ins[0], a["k"], a["stride"], np.max)
+            y = _pool(ins[0], a["k"], a["stride"], np.max, a.get("pad", 0), a.get("ceil", False), -np.inf)
         elif n.op == "avgpool":
-            y = _pool(ins[0], a["k"], a["stride"], np.mean)
+            y = _pool(ins[0], a["k"], a["stride"], np.mean, a.get("pad", 0))
         elif n.op == "select":
             s = a["stride"]
             z = ins[0][:, :, ::s, ::s]

@@ -105,8 +105,9 @@ class TFModel(Model):
         if self._train is None:
             updates: list = []
             with self.tf_graph.as_default(), tf.name_scope("train"):
+                self.dropout_on = _V1.placeholder_with_default(False, [], name="dropout_on")
                 self._train = _forward_pass(self.graph, self._x_nhwc, self.variables,
-                                             "fused" if self.fused_bn else "batch", updates)
+                                             "fused" if self.fused_bn else "batch", updates, self.dropout_on)
             self._bn_updates = updates
         return self._train
 
@@ -310,8 +311,46 @@ def _flatten_nchw(x, dim: int):
     return x
 
 
-def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list) -> dict:
-    """Tensors of every node (NHWC maps, [N, C] vectors)."""
+_ACTIVATIONS = {"relu": tf.nn.relu, "relu6": tf.nn.relu6, "silu": tf.nn.silu, "sigmoid": tf.sigmoid,
+                "hardswish": lambda x: x * tf.nn.relu6(x + 3.0) / 6.0,
+                "hardsigmoid": lambda x: tf.nn.relu6(x + 3.0) / 6.0}
+
+
+def _mul(a, b):
+    """``a * b``; a per-channel ``[N, C]`` scale multiplies an NHWC map as ``[N, 1, 1, C]``."""
+    if a.shape.rank == 4 and b.shape.rank == 2:
+        b = b[:, None, None, :]
+    elif b.shape.rank == 4 and a.shape.rank == 2:
+        a = a[:, None, None, :]
+    return a * b
+
+
+def _dropout(x, p: float, mode: str, on):
+    """Dropout when the trainer feeds ``on`` True: elementwise, or ``row`` (one draw per sample)."""
+    if p <= 0.0:
+        return x
+    shape = tf.shape(x) if mode == "element" else tf.concat([tf.shape(x)[:1], tf.ones([x.shape.rank - 1],
+                                                                                     tf.int32)], 0)
+    keep = tf.cast(tf.random.uniform(shape) >= p, x.dtype) / (1.0 - p)
+    return tf.cond(on, lambda: x * keep, lambda: x)
+
+
+def _adaptive_avgpool(x, oh: int, ow: int):
+    """PyTorch's adaptive average pool of an NHWC map: window ``i`` over ``[floor(i H / oh), ceil((i+1) H / oh))``."""
+    h, w = int(x.shape[1]), int(x.shape[2])
+    if h % oh == 0 and w % ow == 0:
+        return tf.nn.avg_pool2d(x, [h // oh, w // ow], [h // oh, w // ow], "VALID")
+    rows = []
+    for i in range(oh):
+        r0, r1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+        rows.append(tf.stack([tf.reduce_mean(x[:, r0:r1, (j * w) // ow:-(-((j + 1) * w) // ow), :], axis=[1, 2])
+                              for j in range(ow)], axis=1))
+    return tf.stack(rows, axis=1)
+
+
+def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=None) -> dict:
+    """Tensors of every node (NHWC maps, [N, C] vectors); ``dropout``: the boolean tensor that turns
+    dropout on (the training pass), None for the inference pass (dropout is the identity)."""
     shapes = graph.shapes()
     t: dict = {}
     for node in graph.nodes:
@@ -330,14 +369,20 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list) -> dict:
                 y = _diagonal(ins[0], node, V)
             elif op == "bn":
                 y = _bn(ins[0], node, V, bn_mode, updates)
-            elif op == "relu":
-                y = tf.nn.relu(ins[0])
+            elif op in _ACTIVATIONS:
+                y = _ACTIVATIONS[op](ins[0])
+            elif op == "mul":
+                y = _mul(*ins)
+            elif op == "dropout":
+                y = ins[0] if dropout is None else _dropout(ins[0], float(a["p"]), a.get("mode", "element"), dropout)
+            elif op == "adaptive_avgpool":
+                y = _adaptive_avgpool(ins[0], *a["out"])
             elif op == "add":
                 y = tf.add_n(ins) if len(ins) > 1 else ins[0]
             elif op == "concat":
                 y = tf.concat(ins, axis=-1) if len(ins) > 1 else ins[0]
             elif op == "gap":
-                y = tf.reduce_mean(ins[0], axis=[1, 2])
+                y = tf.reduce_mean(ins[0], axis=[1, 2], keepdims=bool(a.get("keep", False)))
             elif op == "flatten":
                 y = _flatten_nchw(ins[0], shapes[node.name][0])
             elif op in ("maxpool", "avgpool"):
@@ -348,10 +393,14 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list) -> dict:
                 p = a.get("pad", 0)
                 p = [int(p), int(p)] if isinstance(p, int) else [int(v) for v in p]
                 x = ins[0]
-                if p[0] or p[1]:
+                (h, w), (oh, ow) = shapes[node.inputs[0]][1:], shapes[node.name][1:]
+                # ceil mode: the last window runs past the input; extra bottom/right padding that -inf
+                # never lets win (a graph allows it for max-pools only)
+                extra = [max(0, (oh - 1) * s[0] + k[0] - h - 2 * p[0]), max(0, (ow - 1) * s[1] + k[1] - w - 2 * p[1])]
+                if p[0] or p[1] or extra[0] or extra[1]:
                     # explicit pad + VALID (never 'SAME'): -inf never wins a max, as in PyTorch;
                     # zeros count in an average, PyTorch's count_include_pad=True
-                    x = tf.pad(x, [[0, 0], p[:1] * 2, p[1:] * 2, [0, 0]],
+                    x = tf.pad(x, [[0, 0], [p[0], p[0] + extra[0]], [p[1], p[1] + extra[1]], [0, 0]],
                                constant_values=-np.inf if op == "maxpool" else 0.0)
                 y = pool(x, ksize=k, strides=s, padding="VALID")
             elif op == "select":
@@ -450,7 +499,7 @@ class TFTrainer(Trainer):
              feature_target: np.ndarray | None = None) -> dict[str, float]:
         m = self.model
         feed = {m.x: np.asarray(x, np.float32), self._y: np.asarray(y, np.int64),
-                self._lr: float(lr)}
+                self._lr: float(lr), m.dropout_on: True}
         if self._kd:
             if teacher_logits is None:
                 raise UserError("the loss has a distillation term (kd_weight > 0) but no teacher logits were given")

@@ -62,6 +62,20 @@ class Diagonal(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+                "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+def _dropout(x: torch.Tensor, p: float, mode: str) -> torch.Tensor:
+    """Training-mode dropout: elementwise, or ``row`` (stochastic depth: one draw per sample)."""
+    if p <= 0.0:
+        return x
+    if mode == "element":
+        return F.dropout(x, p, True)
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
 class GraphModule(nn.Module):
     """An ``nn.Module`` that runs the nodes of a graph in order."""
 
@@ -103,8 +117,19 @@ class GraphModule(nn.Module):
                     y = F.batch_norm(ins[0], None, None, m.weight, m.bias, True, 0.0, m.eps)
                 else:
                     y = m(ins[0])
-            elif n.op == "relu":
-                y = F.relu(ins[0])
+            elif n.op in _ACTIVATIONS:
+                y = _ACTIVATIONS[n.op](ins[0])
+            elif n.op == "mul":
+                a_, b_ = ins
+                if a_.dim() == 4 and b_.dim() == 2:
+                    b_ = b_[:, :, None, None]
+                elif b_.dim() == 4 and a_.dim() == 2:
+                    a_ = a_[:, :, None, None]
+                y = a_ * b_
+            elif n.op == "dropout":
+                y = _dropout(ins[0], a["p"], a.get("mode", "element")) if self.training else ins[0]
+            elif n.op == "adaptive_avgpool":
+                y = F.adaptive_avg_pool2d(ins[0], tuple(a["out"]))
             elif n.op == "add":
                 y = ins[0]
                 for other in ins[1:]:
@@ -112,11 +137,11 @@ class GraphModule(nn.Module):
             elif n.op == "concat":
                 y = torch.cat(ins, dim=1)
             elif n.op == "gap":
-                y = ins[0].mean(dim=(2, 3))
+                y = ins[0].mean(dim=(2, 3), keepdim=bool(a.get("keep", False)))
             elif n.op == "flatten":
                 y = torch.flatten(ins[0], 1)
             elif n.op == "maxpool":
-                y = F.max_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
+                y = F.max_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0), ceil_mode=bool(a.get("ceil", False)))
             elif n.op == "avgpool":
                 y = F.avg_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
             elif n.op == "select":
@@ -283,3 +308,34 @@ class TorchBackend(Backend):
 
     def trainer(self, model, loss, optim=None):
         return TorchTrainer(model, loss, optim or OptimSpec())
+
+    export_formats = ("torch",)
+
+    def export(self, graph, params, path, fmt):
+        """``torch``: a ``torch.export`` program (``.pt2``, any batch size) of the plain module of
+        :func:`backends.torch.export.to_module`; ``torch.export.load(path).module()`` runs it and its
+        ``state_dict`` has the canonical names. (TorchScript, which the module also compiles to, is
+        deprecated in torch 2.13.)"""
+        if fmt not in self.export_formats:
+            return super().export(graph, params, path, fmt)
+        import io
+
+        from backends.torch.export import to_module
+        from compress_core.fileio import atomic_write_bytes
+
+        example = torch.zeros(2, *graph.input_shape)
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(to_module(graph, params), (example,), dynamic_shapes={"x": {0: batch}})
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_exported(self, path, fmt):
+        if fmt not in self.export_formats:
+            return super().load_exported(path, fmt)
+        module = torch.export.load(path).module()
+
+        def run(x):
+            with torch.no_grad():
+                return module(torch.as_tensor(np.asarray(x, np.float32))).cpu().numpy()
+        return run

@@ -34,11 +34,22 @@ Operators (``Node.op``) and their attributes:
     running variance uses the unbiased batch variance, as PyTorch does).
     Parameters ``weight`` (gamma), ``bias`` (beta); buffers ``running_mean``,
     ``running_var``.
-``relu``, ``add`` (elementwise sum of equally shaped inputs), ``concat``
-(channels), ``gap`` (global average pool to a vector), ``flatten`` (NCHW order),
-``maxpool`` / ``avgpool`` (``k``, ``stride``, optional symmetric ``pad``, default 0:
-a max-pool pads with -inf, so padding never wins the max; an average pool pads with
-zeros that count in the mean, PyTorch's ``count_include_pad=True``).
+``relu``, ``relu6``, ``hardswish`` (``x relu6(x + 3) / 6``), ``hardsigmoid``
+(``relu6(x + 3) / 6``), ``silu`` (``x sigmoid(x)``), ``sigmoid``: elementwise.
+``add`` (elementwise sum of equally shaped inputs), ``mul`` (elementwise product of two
+inputs of one shape, or a map ``(C, H, W)`` times a per-channel scale ``(C, 1, 1)`` or
+``(C,)``: squeeze-and-excitation), ``concat`` (channels), ``gap`` (global average pool to
+a vector; ``keep=True``: to a ``(C, 1, 1)`` map), ``adaptive_avgpool`` (``out=(oh, ow)``:
+PyTorch's adaptive average pooling, window ``i`` over ``[floor(i H / oh), ceil((i + 1) H /
+oh))``), ``flatten`` (NCHW order), ``maxpool`` / ``avgpool`` (``k``, ``stride``, optional
+symmetric ``pad``, default 0: a max-pool pads with -inf, so padding never wins the max;
+an average pool pads with zeros that count in the mean, PyTorch's
+``count_include_pad=True``; ``ceil=True``, max-pool only: PyTorch's ``ceil_mode``, the
+last window may run past the input, never starting in the right padding).
+``dropout``
+    ``p`` and ``mode``: ``element`` (dropout) or ``row`` (stochastic depth: a whole
+    sample's value dropped); the identity at inference, scaled by ``1 / (1 - p)`` when kept
+    in training.
 ``select``
     parameter-free channel map with spatial subsampling, the option-A shortcut of
     CIFAR ResNets and every gather a pruned model needs:
@@ -56,7 +67,10 @@ from typing import Any
 from compress_core.errors import UserError
 
 OPS = ("input", "conv", "dense", "bn", "relu", "add", "concat", "gap", "flatten",
-       "maxpool", "avgpool", "select", "diagonal")
+       "maxpool", "avgpool", "select", "diagonal", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid",
+       "mul", "dropout", "adaptive_avgpool")
+#: elementwise operators of one input (the backends and the channel groups pass channels through them)
+ELEMENTWISE = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "dropout")
 
 #: default BatchNorm settings, set explicitly in both backends (their defaults differ)
 BN_EPS = 1e-5
@@ -214,8 +228,11 @@ class Graph:
         return Graph(nodes=list(nodes), **kw)
 
 
-def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False) -> int:
+    if not ceil:
+        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+    out = -(-(size + 2 * p - d * (k - 1) - 1) // s) + 1
+    return out - 1 if (out - 1) * s >= size + p else out  # PyTorch: no window starts in the right padding
 
 
 def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
@@ -242,9 +259,15 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
         elif n.op in ("maxpool", "avgpool"):
             c, h, w = _map(n, ins[0])
             k, st, p = _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))
+            ceil = bool(a.get("ceil", False))
             if max(p[0] * 2 - k[0], p[1] * 2 - k[1]) > 0:
                 raise UserError(f"{n.op} '{n.name}': pad {p} is more than half the window {k}")
-            s = (c, _pool_out(h, k[0], st[0], p[0]), _pool_out(w, k[1], st[1], p[1]))
+            if ceil and n.op == "avgpool":
+                raise UserError(f"avgpool '{n.name}': ceil mode is supported for max-pools only")
+            s = (c, _pool_out(h, k[0], st[0], p[0], ceil=ceil), _pool_out(w, k[1], st[1], p[1], ceil=ceil))
+        elif n.op == "adaptive_avgpool":
+            c, h, w = _map(n, ins[0])
+            s = (c, *_pair(a["out"]))
         elif n.op == "select":
             c, h, w = _map(n, ins[0])
             bad = [j for j in a["src"] if not -1 <= j < c]
@@ -260,8 +283,12 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
             if len(ins[0]) != 1:
                 raise UserError(f"diagonal '{n.name}' needs a vector input, got shape {ins[0]}")
             s = (a["out"],)
-        elif n.op in ("bn", "relu"):
+        elif n.op == "bn" or n.op in ELEMENTWISE:
             s = ins[0]
+        elif n.op == "mul":
+            if len(ins) != 2:
+                raise UserError(f"mul '{n.name}' needs two inputs, got {len(ins)}")
+            s = _mul_shape(n, *ins)
         elif n.op == "add":
             if len(set(ins)) != 1:
                 raise UserError(f"add '{n.name}' inputs have different shapes {ins}")
@@ -271,7 +298,7 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
                 raise UserError(f"concat '{n.name}' inputs have different spatial shapes {ins}")
             s = (sum(x[0] for x in ins),) + ins[0][1:]
         elif n.op == "gap":
-            s = (_map(n, ins[0])[0],)
+            s = (_map(n, ins[0])[0], 1, 1) if a.get("keep") else (_map(n, ins[0])[0],)
         elif n.op == "flatten":
             s = (int(ins[0][0] * (ins[0][1] if len(ins[0]) > 1 else 1) *
                      (ins[0][2] if len(ins[0]) > 2 else 1)),)
@@ -281,6 +308,17 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
     if g.output not in shapes:
         raise UserError(f"graph output '{g.output}' is not a node")
     return shapes
+
+
+def _mul_shape(n: Node, a: tuple, b: tuple) -> tuple:
+    """The shape of ``a * b``: equal shapes, or a map and a per-channel scale of its channels."""
+    if a == b:
+        return a
+    for x, scale in ((a, b), (b, a)):
+        if len(x) == 3 and scale in ((x[0], 1, 1), (x[0],)):
+            return x
+    raise UserError(f"mul '{n.name}' inputs have shapes {a} and {b}: one must equal the other or be a "
+                    f"per-channel scale (C, 1, 1) of it")
 
 
 def _map(n: Node, shape) -> tuple[int, int, int]:

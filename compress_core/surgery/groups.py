@@ -11,7 +11,8 @@ keep channels one to one pass spaces on (``bn``, ``relu``, pools, ``gap``); a
 offset); ``flatten`` expands every channel into its ``H*W`` columns. Two kinds of
 ties join spaces into one group:
 
-* a residual ``add`` identifies its inputs channel for channel (one space);
+* a residual ``add`` identifies its inputs channel for channel (one space), and so does a
+  ``mul`` (a squeeze-and-excitation scale multiplies channel ``c`` of the map);
 * a grouped conv (``1 < groups``) ties its input and its output space: conv group
   ``k`` reads input block ``k`` and writes output block ``k``, so removing a block
   on one side removes it on the other. A depthwise conv is the case of blocks of
@@ -42,10 +43,10 @@ import math
 from dataclasses import dataclass, field
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import Graph
+from compress_core.ir.graph import ELEMENTWISE, Graph
 
 #: operators that pass every channel through unchanged (one output channel per input channel)
-PASS = ("relu", "maxpool", "avgpool", "gap")
+PASS = ("maxpool", "avgpool", "gap", "adaptive_avgpool", *ELEMENTWISE)
 #: member kinds (see :class:`Member`)
 KINDS = ("out", "fused", "bn", "in", "grouped", "diagonal", "select_out", "select_in")
 
@@ -222,14 +223,16 @@ def channel_groups(graph: Graph) -> list[ChannelGroup]:
                 out += [(space, off + o, count, expand) for space, o, count, expand in segs[i]]
                 off += shapes[i][0]
             segs[n.name] = out
-        elif op == "add":
+        elif op in ("add", "mul"):
+            # channel c of every input meets channel c of the others (a squeeze-and-excitation scale
+            # multiplies channel c of the map): one group
             first = ins
             for other in (segs[i] for i in n.inputs[1:]):
                 if [(o, c, e) for _, o, c, e in first] == [(o, c, e) for _, o, c, e in other]:
                     for (s1, *_), (s2, *_) in zip(first, other):
                         sp.union(s1, s2)
                 else:
-                    pin_all(first + other, f"add '{n.name}' sums differently concatenated maps")
+                    pin_all(first + other, f"{op} '{n.name}' combines differently concatenated maps")
             segs[n.name] = first
         else:  # pragma: no cover - Graph validates ops
             raise UserError(f"channel groups: unknown op '{op}' in node '{n.name}'")

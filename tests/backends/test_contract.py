@@ -200,3 +200,43 @@ def test_every_conv_form_matches_the_oracle_and_trains(backend, form):
     for _ in range(10):
         last = trainer.step(x, np.arange(5) % 3, lr=0.1)
     assert np.isfinite(first["loss"]) and last["loss"] < first["loss"]
+
+
+def _imported_ops_graph():
+    """The operators imported CNNs add: activations, a ceil-mode max-pool, squeeze-and-excitation
+    (a 1x1 map, and a vector scale), dropout, a non-uniform adaptive average pool."""
+    from compress_core.ir.graph import Graph, Node, bn_node, conv_node
+
+    nodes = [Node("input", "input"),
+             conv_node("c1", "input", 8, k=3, stride=1, bias=True), bn_node("bn1", "c1"),
+             Node("hs", "hardswish", ("bn1",)),
+             Node("mp", "maxpool", ("hs",), {"k": 3, "stride": 2, "pad": 1, "ceil": True}),
+             Node("sq", "gap", ("mp",), {"keep": True}),
+             conv_node("se1", "sq", 4, k=1, pad=0, bias=True), Node("r6", "relu6", ("se1",)),
+             conv_node("se2", "r6", 8, k=1, pad=0, bias=True), Node("hsig", "hardsigmoid", ("se2",)),
+             Node("scaled", "mul", ("mp", "hsig")), Node("si", "silu", ("scaled",)),
+             Node("drop", "dropout", ("si",), {"p": 0.3, "mode": "row"}),
+             Node("ap", "adaptive_avgpool", ("drop",), {"out": (3, 2)}),
+             Node("sg", "sigmoid", ("ap",)),
+             Node("v", "gap", ("drop",)), Node("vd", "dense", ("v",), {"out": 8, "bias": True}),
+             Node("vs", "sigmoid", ("vd",)), Node("vm", "mul", ("vs", "sg")),
+             Node("fl", "flatten", ("vm",)), Node("fc", "dense", ("fl",), {"out": 5, "bias": True})]
+    return Graph("imported_ops", (3, 9, 10), nodes, "fc")
+
+
+def test_imported_model_operators_match_the_oracle_and_train(backend, batch):
+    g = _imported_ops_graph()
+    assert g.shapes()["mp"] == (8, 5, 6) and g.shapes()["ap"] == (8, 3, 2)  # ceil mode: 10 -> 6, floor: 5
+    params = trained_like(g)
+    model = backend.build(g, params)
+    taps = ["mp", "scaled", "ap", "vm"]
+    logits, acts = backend.forward(model, batch[0], taps)
+    ref = oracle.forward(g, params, batch[0])
+    assert close(ref["fc"], logits) < 1e-5
+    for t in taps:
+        assert close(ref[t], acts[t]) < 1e-5, t
+    trainer = backend.trainer(model, LossSpec(), OptimSpec(0.9, True))
+    losses = [trainer.step(*batch, lr=0.05)["loss"] for _ in range(15)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    # dropout is the identity at inference: the same logits twice
+    assert np.array_equal(backend.forward(model, batch[0])[0], backend.forward(model, batch[0])[0])
