@@ -217,6 +217,27 @@ class Backend(abc.ABC):
             yield self.spatial_sums(model, x, taps, bn_batch_stats), y
 
 
+def import_source(source: str, input_shape: Sequence[int], weights: str = "", arch: str | None = None,
+                  kwargs: Mapping[str, Any] | None = None):
+    """``(graph, params)`` of a model that another framework defines: ``module:package.path:callable``
+    (a PyTorch ``nn.Module``, through :func:`backends.torch.importer.load_module_source`, the callable
+    called with ``kwargs``), whatever backend then runs it; ``weights``: a state_dict file to load into
+    it first."""
+    if source.startswith("module:"):
+        from backends.torch.importer import load_module_source
+
+        return load_module_source(source, input_shape, weights, arch, kwargs)
+    raise UserError(f"unknown model source {source!r} (zoo names, or module:package.path:callable)")
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict file (``.pth``), read with ``weights_only=True`` (nothing unpickled runs), as
+    float32 numpy arrays; the BatchNorm batch counters are dropped."""
+    from backends.torch.importer import read_state_dict as read
+
+    return read(path)
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """The backend called ``name`` (``"torch"`` or ``"tf"``), imported on first use."""
     if name not in BACKENDS:

@@ -39,7 +39,7 @@ DIGITS = os.path.join(common.HYPERPARAMS, "resnet20_digits.py")
 def l1_pruned(backend_name: str, base_ckpt: str, rates: str, workdir: str, epochs: int) -> dict:
     """Filter-L1 pruning of the trained model to DCFF's widths, fine-tuned ``epochs`` epochs."""
     full, params, _ = checkpoint.load_checkpoint(base_ckpt)
-    _, groups = dcff.training_graph("resnet20", dcff.parse_rates(rates), full.num_classes, full.input_shape)
+    _, groups = dcff.training_graph(full, dcff.parse_rates(rates))
     small, small_params = l1_prune(full, params, counts={g.name: g.m for g in groups})
     cfg = config.load_config(DIGITS, [f"train.epochs={epochs}", "train.lr=0.01"])
     ctx = common.Context(cfg, get_backend(backend_name), workdir, common.load_data(cfg))

@@ -29,7 +29,7 @@ from methods import decompose
 
 
 def run(model: str, backend: str, epochs: int, finetune: int, workdir: str, *overrides: str) -> dict:
-    argv = ["--backend", backend, "--workdir", workdir, f"--config.model.name={model}",
+    argv = ["--backend", backend, "--workdir", workdir, f"--config.model.source={model}",
             f"--config.train.epochs={epochs}", f"--config.finetune.epochs={finetune}",
             "--config.decompose.latency_guard=false", *overrides]
     with contextlib.redirect_stdout(io.StringIO()):

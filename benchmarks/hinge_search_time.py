@@ -44,7 +44,7 @@ def epoch(trainer, splits, batch: int, on_step=None) -> tuple[float, float]:
 
 
 def measure(backend_name: str, model_name: str, repeats: int, size: int = 0) -> tuple[float, ...]:
-    cfg = config.load_config(CONFIG, [f"model.name={model_name}"])
+    cfg = config.load_config(CONFIG, [f"model.source={model_name}"])
     splits = common.load_data(cfg)
     if size:  # CIFAR-sized synthetic images instead of 8x8 digits, as many as the digits training split
         ds = data.synthetic_dataset(len(splits.train), 10, (3, size, size), seed=0)

@@ -41,10 +41,15 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
         "seed": seed,              # data split, shuffling and initialisation
         "workdir": workdir,        # where config, checkpoints, metrics and log go
         "model": ConfigDict({
-            "name": model,  # zoo name: resnet20..110, resnet164, vgg16, densenet40, resnext20/164, wrn16_10, resnet50
-            "weights": "",  # the network to start from: a checkpoint of this model (compression methods compress
-                            # it; train continues from it; DCFF fuses from it); empty: seeded weights, and the
-                            # compression methods first train a baseline with the `train` section
+            "source": model,   # a zoo name (resnet20..110, resnet164, vgg16, densenet40, resnext20/164, wrn16_10,
+                               # resnet50, mobilenetv2, googlenet), or module:package.path:callable, a Python
+                               # callable returning the torch.nn.Module (e.g. module:torchvision.models:resnet18)
+            "weights": "",     # the network to start from: a checkpoint of this model (a compressed one is fine),
+                               # or a state_dict file (.pth) of a module source; compression methods compress it,
+                               # train continues from it, DCFF fuses from it; empty: the source's own initial
+                               # weights, and the compression methods first train a baseline with `train`
+            "input_shape": (),  # (C, H, W) the model takes; empty: the data's (a mismatch is an error)
+            "kwargs": "{}",    # keyword arguments of a module source's callable, a dict literal: "{'num_classes': 10}"
         }),
         "data": data(**data_kw),
     })
@@ -53,18 +58,54 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
 TRAIN_SECTIONS = ("train", "finetune", "distill", "search")
 
 
+def source_kwargs(text: str) -> dict:
+    """``model.kwargs``: a dict literal of keyword arguments (nothing is executed)."""
+    import ast
+
+    from compress_core.errors import UserError
+
+    try:
+        value = ast.literal_eval(text) if isinstance(text, str) else None
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise UserError(f"config field 'model.kwargs' must be a dict literal such as \"{{'num_classes': 10}}\", "
+                        f"got {text!r}")
+    return value
+
+
+def check_source(source: str) -> None:
+    """``model.source`` names a zoo model or has the form ``module:package.path:callable``."""
+    import re
+
+    from compress_core.errors import UserError
+    from compress_core.ir.zoo import MODELS
+
+    if source in MODELS:
+        return
+    if source.startswith("module:"):
+        if not re.fullmatch(r"module:[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
+            raise UserError(f"config field 'model.source' is {source!r}: write module:package.path:callable")
+        return
+    raise UserError(f"config field 'model.source' is {source!r}: a zoo model ({', '.join(MODELS)}) or "
+                    f"module:package.path:callable")
+
+
 def validate_train(cfg) -> None:
     """Checks every file runs from its ``validate`` (and every command runs on any file):
     the seed, the model, the data, and every training section (``train``, ``finetune``,
     ``distill``, ``search``) with the same rules."""
     from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
-    from compress_core.ir.zoo import MODELS
 
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise UserError(f"config field 'seed' must be an integer in [0, 2**32), got {seed!r}")
-    check_choice(cfg, "model.name", list(MODELS))
+    check_source(cfg.model.source)
+    source_kwargs(cfg.model.kwargs)
+    shape = tuple(cfg.model.input_shape)
+    if shape and (len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape)):
+        raise UserError(f"config field 'model.input_shape' must be (C, H, W) or empty, got {shape}")
     check_choice(cfg, "data.name", ["digits", "cifar10", "cifar100", "synthetic", "imagenet"])
     if "image_size" in cfg.data:
         check_positive(cfg, "data.image_size")
@@ -134,11 +175,10 @@ def distill(epochs: int, lr: float, enabled: bool = True, kd_weight: float = 1.0
 
 
 def validate_cdc(cfg) -> None:
-    """Checks of a CDC file, before anything runs: scorer, ratio, threshold against the model."""
+    """Checks of a CDC file that need no model (those against the model and the data run in the
+    methods' checks, ``methods.cdc_distill.check_cdc``, before any work)."""
     from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
-    from compress_core.ir import zoo
-    from compress_core.recipes import cdc as cdc_core
 
     validate_train(cfg)
     check_choice(cfg, "cdc.scorer", ["gsd", "abs_snr", "fdr", "t_test", "di"])
@@ -148,20 +188,14 @@ def validate_cdc(cfg) -> None:
     check_range(cfg, "cdc.ratio", 0.0, 1.0)
     check_range(cfg, "cdc.mac_target", 0.0, 1.0, lo_inclusive=False, hi_inclusive=True)
     check_choice(cfg, "distill.dca_labels", ["coarse", "fine"])
-    points = cdc_core.mask_points(zoo.build(cfg.model.name))
-    blocks = points[-1].block + 1
-    if cfg.cdc.plan == "predefined" and len(cfg.cdc.widths) != len(points):
-        raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
-                        f"{cfg.model.name}), got {len(cfg.cdc.widths)} widths")
     if cfg.distill.dca_weight < 0 or cfg.distill.kd_weight < 0 or cfg.distill.kd_temperature <= 0:
         raise UserError("distill.dca_weight and distill.kd_weight must be >= 0 and distill.kd_temperature > 0")
     if cfg.distill.dca_weight > 0 and not cfg.distill.dca_tap:
         raise UserError("distill.dca_weight > 0 needs distill.dca_tap (the layer whose output is projected)")
     check_positive(cfg, "cdc.score_batch_size")
     check_positive(cfg, "distill.dca_refit_every")
-    if not -1 <= cfg.cdc.block_threshold < blocks:
-        raise UserError(f"config field 'cdc.block_threshold' is {cfg.cdc.block_threshold}, past the last block "
-                        f"of {cfg.model.name} (blocks 0..{blocks - 1}; -1 for fine labels everywhere)")
+    if cfg.cdc.block_threshold < -1:
+        raise UserError(f"config field 'cdc.block_threshold' is {cfg.cdc.block_threshold} (-1: fine labels everywhere)")
     if cfg.cdc.block_threshold >= 0 and not cfg.cdc.coarse_labels and cfg.cdc.num_coarse < 2:
         raise UserError("coarse labels are used (cdc.block_threshold >= 0): set cdc.coarse_labels "
                         "or cdc.num_coarse >= 2")
@@ -174,7 +208,8 @@ def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", entrop
         "T": T,                      # >= 0: intermediate levels get ceil(N / 2^(G-1-g+T)) centroids
         "k": 5,                      # nearest neighbours of the kernel entropy (the reference: 5)
         "entropy_sets": entropy_sets,  # paper: kernels of input channel c; reference: the released code's sets
-        "layers": layers,            # regex of the conv names to compress (full match)
+        "layers": layers,            # regex of the conv names to compress (full match); all: every ungrouped
+                                     #   conv but the stem (any model, imported ones too)
         "kmeans_max_iter": 100,      # Lloyd iterations at most per k-means
         "kmeans_tol": 1e-4,          # stop when centres move < tol * mean variance (scikit-learn's rule)
         "form": form,                # exported inference form: auto (the faster here), dense or shared
@@ -184,27 +219,17 @@ def kse(G: int = 4, T: int = 0, layers: str = r"^layer\d+\.\d+\.conv\d$", entrop
 
 
 def validate_kse(cfg) -> None:
-    """Checks of a KSE file before anything runs, including the layers of the model (or of model.weights)."""
+    """Checks of a KSE file that need no model (its layers are checked against the model by
+    ``methods.kse.check`` before any work)."""
     from compress_core.criteria.kse import ENTROPY_SETS
     from compress_core.data.config import check_choice, check_range
-    from compress_core.errors import UserError
-    from compress_core.ir import checkpoint, zoo
-    from compress_core.recipes.kse import layer_names
 
     validate_train(cfg)
-    c = cfg.kse
     check_range(cfg, "kse.G", 2, None)
     check_range(cfg, "kse.T", 0, None)
     check_range(cfg, "kse.k", 1, None)
     check_choice(cfg, "kse.entropy_sets", list(ENTROPY_SETS))
     check_choice(cfg, "kse.form", ["auto", "dense", "shared"])
-    graph = checkpoint.load_checkpoint(cfg.model.weights)[0] if cfg.model.weights else zoo.build(cfg.model.name)
-    shapes = graph.param_shapes()
-    for name in layer_names(graph, c.layers):
-        n = shapes[f"{name}.weight"][0]
-        if n < c.k + 1:
-            raise UserError(f"layer '{name}' has {n} filters; the KSE entropy with kse.k={c.k} needs at least "
-                            f"{c.k + 1} (exclude it with kse.layers)")
 
 
 def dcff(rates: str, schedule: str = "run", t_start: float = 1.0, t_end: float = 5.0,
@@ -220,9 +245,8 @@ def dcff(rates: str, schedule: str = "run", t_start: float = 1.0, t_end: float =
 
 
 def validate_dcff(cfg) -> None:
-    """Checks of a DCFF file before anything runs: schedule, temperatures, rates against the model."""
+    """Checks of a DCFF file that need no model (the rates against the model: ``methods.dcff.check``)."""
     from compress_core.data.config import check_choice, check_positive, check_range
-    from compress_core.ir import zoo
     from compress_core.recipes import dcff as dcff_core
 
     validate_train(cfg)
@@ -230,16 +254,7 @@ def validate_dcff(cfg) -> None:
     check_positive(cfg, "dcff.t_start")
     check_range(cfg, "dcff.t_end", cfg.dcff.t_start, None)
     check_positive(cfg, "dcff.k")
-    dcff_core.conv_rates(zoo.build(cfg.model.name), dcff_core.parse_rates(cfg.dcff.rates))
-    if cfg.model.weights:
-        from compress_core.errors import UserError
-        from compress_core.ir import checkpoint
-
-        graph = checkpoint.load_checkpoint(cfg.model.weights)[0]
-        full = zoo.build(cfg.model.name, graph.num_classes, graph.input_shape)
-        if graph.arch != full.arch or graph.param_shapes() != full.param_shapes():
-            raise UserError(f"model.weights {cfg.model.weights} holds a '{graph.arch}' with other layer shapes than "
-                            f"an unpruned '{cfg.model.name}' (DCFF fuses the filters of the whole network)")
+    dcff_core.parse_rates(cfg.dcff.rates)
 
 
 def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l21", anneal: float = 2.0, anneal_t1: float = 10.0,
@@ -272,9 +287,8 @@ def hinge(ratio: float, reg: float = 2e-4, penalty: str = "l21", anneal: float =
 
 
 def validate_hinge(cfg) -> None:
-    """Checks of a Hinge file before anything runs: target, penalty, init, the model's mapping."""
+    """Checks of a Hinge file that need no model (the placement on the model: ``methods.hinge.check``)."""
     from compress_core.data.config import check_choice, check_positive, check_range
-    from compress_core.ir import checkpoint
     from compress_core.recipes import hinge
 
     validate_train(cfg)
@@ -289,10 +303,3 @@ def validate_hinge(cfg) -> None:
     check_positive(cfg, "hinge.tolerance")
     check_range(cfg, "hinge.lr_ratio", 0.0, None)
     check_choice(cfg, "hinge.lr_adjust", list(hinge.LR_ADJUST))
-    teacher = checkpoint.load_checkpoint(cfg.model.weights)[0] if cfg.model.weights else None
-    hinge.check_mapping(teacher.arch if teacher is not None else cfg.model.name)
-    if cfg.hinge.lr_adjust == "p1":
-        from compress_core.ir import zoo
-
-        graph = teacher if teacher is not None else zoo.build(cfg.model.name, 10, (3, 32, 32))
-        hinge.lr_adjusted(hinge.placement(graph), "p1")

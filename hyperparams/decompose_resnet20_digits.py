@@ -14,8 +14,6 @@ from hyperparams import common
 
 METHODS = ("tucker2", "cp")
 FC_MODES = ("none", "svd", "diagonal")
-#: input channels and classes of each data set, to check ranks against layer sizes before anything runs
-DATA_SHAPES = {"digits": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100), "synthetic": (3, 10)}
 
 
 def section(method: str = "tucker2", fc: str = "svd", layers: tuple = (), skip: tuple = (),
@@ -51,11 +49,9 @@ def get_config():
 
 
 def validate(cfg) -> None:
-    """Choices, and every named layer and rank checked against the model before anything runs."""
-    from compress_core.criteria import lowrank
+    """The choices of the decompose section (its layers and ranks are checked against the model by
+    ``methods.decompose.check`` before any work)."""
     from compress_core.data.config import check_choice, check_positive, check_range
-    from compress_core.errors import UserError
-    from compress_core.ir import zoo
 
     common.validate_train(cfg)
     check_choice(cfg, "decompose.method", METHODS)
@@ -67,29 +63,3 @@ def validate(cfg) -> None:
     for f in ("decompose.cp_iters", "decompose.tucker_iters", "decompose.latency_batch", "decompose.latency_repeats",
               "decompose.report_repeats"):
         check_positive(cfg, f)
-    channels, classes = DATA_SHAPES[cfg.data.name]
-    graph = zoo.build(cfg.model.name, classes, (channels, 32, 32))
-    pshapes = graph.param_shapes()
-    d = cfg.decompose
-    for name in (*d.layers, *d.skip):
-        node = graph[name]  # one-line error for an unknown name
-        if node.op not in ("conv", "dense"):
-            raise UserError(f"decompose: '{name}' is a {node.op}, not a conv or dense layer")
-    for entry in d.ranks:
-        if not isinstance(entry, (tuple, list)) or len(entry) < 2 or not isinstance(entry[0], str):
-            raise UserError(f"decompose.ranks: entry {entry!r} is not (name, rank...)")
-        name, ranks = entry[0], tuple(entry[1:])
-        node = graph[name]
-        shape = pshapes[f"{name}.weight"]
-        want = 2 if node.op == "conv" and d.method == "tucker2" else 1
-        if len(ranks) != want:
-            raise UserError(f"decompose.ranks: '{name}' needs {want} rank(s), got {ranks!r}")
-        if node.op == "conv" and d.method == "tucker2":
-            dims = (shape[0] // node.attrs["groups"], shape[1])
-        elif node.op == "conv":
-            dims = (lowrank.cp_max_rank(shape),)
-        else:
-            dims = (min(shape),)
-        for r, dim in zip(ranks, dims):
-            if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= dim:
-                raise UserError(f"decompose.ranks: rank {r!r} of '{name}' outside [0, {dim}]")

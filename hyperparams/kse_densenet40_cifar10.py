@@ -13,7 +13,7 @@ from hyperparams import common, kse_resnet56_cifar10_g4
 def get_config():
     cfg = kse_resnet56_cifar10_g4.get_config(G=5)
     cfg.workdir = "runs/kse_densenet40_cifar10"
-    cfg.model.name = "densenet40"
+    cfg.model.source = "densenet40"
     cfg.kse.layers = r"^dense\d+\.\d+\.conv$"
     return cfg
 

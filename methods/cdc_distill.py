@@ -21,18 +21,23 @@ from backends.base import LossSpec
 from compress_core import data
 from compress_core.criteria.dca import ScatterStats, align_subspace
 from compress_core.errors import UserError
-from compress_core.ir import zoo
 from compress_core.recipes import cdc
 from methods import common
 
 ALIGN_IMAGES = 2048  # training images used to fit the Procrustes rotation
 
 
+def uses_coarse_labels(cfg) -> bool:
+    """Coarse labels score the early blocks (``cdc.block_threshold >= 0``) or fit the DCA subspaces."""
+    dc = cfg.distill
+    return cfg.cdc.block_threshold >= 0 or (dc.enabled and dc.dca_weight > 0 and dc.dca_labels == "coarse")
+
+
 def coarse_groups_for(ctx: common.Context, teacher) -> np.ndarray | None:
     """The class -> coarse group map: from ``cdc.coarse_labels``, else clustered from the
     teacher's confusions on the validation split; ``None`` when nothing uses coarse labels."""
     c = ctx.cfg.cdc
-    if c.block_threshold < 0 and ctx.cfg.distill.dca_labels != "coarse":
+    if not uses_coarse_labels(ctx.cfg):
         return None
     k = ctx.splits.num_classes
     if c.coarse_labels:
@@ -149,19 +154,29 @@ def _flags(p):
     p.add_argument("--teacher", required=True, help="the unpruned checkpoint")
 
 
-def check_cdc(ctx: common.Context, graphs=()) -> None:
-    """CDC's checks that need the data or the networks, before any work: the coarse labels against
-    the number of classes, the DCA tap against the teacher (and ``graphs``, e.g. a given student)."""
+def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) -> None:
+    """CDC's checks that need the data or the networks, before any work: the masks of the model
+    (a predefined plan's widths, the coarse-label threshold against its blocks, with ``prune``), the
+    coarse labels against the number of classes, the DCA tap in the teacher and in ``graphs`` (e.g.
+    a given student)."""
     c, dc, k = ctx.cfg.cdc, ctx.cfg.distill, ctx.splits.num_classes
-    coarse = c.block_threshold >= 0 or (dc.enabled and dc.dca_weight > 0 and dc.dca_labels == "coarse")
+    teacher = common.start_graph(ctx) if teacher is None else teacher
+    if prune:
+        points = cdc.mask_points(teacher)
+        blocks = points[-1].block + 1
+        if c.plan == "predefined" and len(c.widths) != len(points):
+            raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
+                            f"{teacher.arch}), got {len(c.widths)} widths")
+        if c.block_threshold >= blocks:
+            raise UserError(f"config field 'cdc.block_threshold' is {c.block_threshold}, past the last block of "
+                            f"{teacher.arch} (blocks 0..{blocks - 1}; -1 for fine labels everywhere)")
+    coarse = uses_coarse_labels(ctx.cfg)
     if coarse and c.coarse_labels:
         cdc.load_coarse_groups(c.coarse_labels, k)
     elif coarse and not 2 <= c.num_coarse < k:
         raise UserError(f"config field 'cdc.num_coarse' is {c.num_coarse}: coarse labels need 2 to {k - 1} groups "
                         f"of the {k} classes (or a cdc.coarse_labels file)")
     if dc.dca_weight > 0:
-        teacher = (common.checkpoint_graph(ctx.cfg.model.weights, ctx.splits) if ctx.cfg.model.weights else
-                   zoo.build(ctx.cfg.model.name, k, ctx.splits.train.x.shape[1:]))
         for g in (teacher, *graphs):
             if dc.dca_tap not in g:
                 raise UserError(f"distill.dca_tap '{dc.dca_tap}' is not a layer of '{g.arch}' "
@@ -170,7 +185,8 @@ def check_cdc(ctx: common.Context, graphs=()) -> None:
 
 def check(ctx: common.Context) -> None:
     """:func:`check_cdc`, with the DCA tap checked in the given student too."""
-    check_cdc(ctx, [common.checkpoint_graph(ctx.args.student, ctx.splits)])
+    check_cdc(ctx, [common.checkpoint_graph(ctx.args.student, ctx.splits)], prune=False,
+              teacher=common.checkpoint_graph(ctx.args.teacher, ctx.splits))
 
 
 def cli(argv=None) -> int:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class Context:
     workdir: str
     splits: data.DataSplits
     args: argparse.Namespace | None = None
+    cache: dict = field(default_factory=dict)  # the start network, read once (see source_graph)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -62,16 +63,17 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
 
 def main(run: Callable[[Context], dict], description: str, default_config: str,
          argv: Sequence[str] | None = None, extra=None, subdir: str = "",
-         check: Callable[[Context], None] | None = None) -> int:
+         check: Callable[[Context], None] | None = None, match_data: bool = True) -> int:
     """Parse the command line, prepare the work directory, call ``run``; user errors exit 2.
 
-    ``extra(parser)`` may add method-specific flags; their values are in ``ctx.args``.
+    ``extra(parser)`` may add method-specific flags; their values are in ``ctx.args``. With
+    ``match_data`` False the checkpoints named by flags need not fit the config's data (export).
     ``check(ctx)`` runs the method's checks that need the data (class counts, layer names)
     before the work directory is touched. The default work directory is the config's
     ``workdir`` joined with the backend's name and ``subdir``.
     """
     try:
-        ctx = prepare(argv, description, default_config, extra, subdir, check, _command(run))
+        ctx = prepare(argv, description, default_config, extra, subdir, check, _command(run), match_data)
         run(ctx)
         return 0
     except UserError as e:
@@ -112,7 +114,8 @@ def check_workdir(workdir: str) -> None:
         raise UserError(f"work directory '{workdir}' is not writable ({existing}: {e.strerror})") from None
 
 
-def prepare(argv, description, default_config, extra=None, subdir="", check=None, command="") -> Context:
+def prepare(argv, description, default_config, extra=None, subdir="", check=None, command="",
+            match_data: bool = True) -> Context:
     """Everything that can fail on bad input happens here, before the work directory is touched."""
     from backends.base import get_backend
 
@@ -125,9 +128,9 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     # a bad checkpoint fails here, before anything is written
     for path in [getattr(args, f, None) for f in ("checkpoint", "student", "teacher")]:
         if path:
-            checkpoint_graph(path, splits)
-    check_weights(cfg, splits)
+            checkpoint_graph(path, splits if match_data else None)
     ctx = Context(cfg, backend, workdir, splits, args)
+    start_graph(ctx)  # the network to start from (model.source, model.weights), checked with the data
     if check is not None:
         check(ctx)
     resolved = dict(config.config_to_dict(cfg), backend=args.backend, command=command)
@@ -184,30 +187,81 @@ def load_data(cfg) -> data.DataSplits:
 
 
 # -- models -------------------------------------------------------------------------------------
-def check_weights(cfg, splits: data.DataSplits):
-    """``model.weights``, the network every method starts from, checked in one place: a readable
-    checkpoint of the config's model (``model.name``; a compressed one is fine) that fits the data."""
-    path = cfg.model.get("weights", "")
-    if not path:
-        return None
-    graph = checkpoint_graph(path, splits)
-    if graph.arch != cfg.model.name:
-        raise UserError(f"model.weights {path} holds a '{graph.arch}', the config's model is '{cfg.model.name}' "
-                        f"(set --config.model.name={graph.arch})")
-    return graph
+def is_checkpoint(path: str) -> bool:
+    """``model.weights`` is a checkpoint of this library (``.safetensors``), not a state_dict file."""
+    return path.endswith(".safetensors")
+
+
+def source_arch(source: str) -> str:
+    """The architecture name of a ``model.source``: the zoo name, or ``package.path:callable``."""
+    return source.removeprefix("module:")
+
+
+def source_graph(ctx: Context):
+    """``(graph, params)`` of ``model.source`` for the run's data, read once: a zoo model (params None:
+    seeded when built, or the ``.pth`` state_dict of ``model.weights``), or an imported module (its own
+    parameters, with the ``.pth`` of ``model.weights`` loaded into it). A model that takes other inputs
+    or gives other classes than the data is a one-line error."""
+    if "source" in ctx.cache:
+        return ctx.cache["source"]
+    from backends.base import import_source, read_state_dict
+
+    m, splits = ctx.cfg.model, ctx.splits
+    shape, classes = tuple(splits.train.x.shape[1:]), splits.num_classes
+    if m.input_shape and tuple(m.input_shape) != shape:
+        raise UserError(f"the data has inputs of shape {shape}, model.input_shape is {tuple(m.input_shape)}")
+    pth = m.weights if m.weights and not is_checkpoint(m.weights) else ""
+    if m.source in zoo.MODELS:
+        graph = zoo.build(m.source, classes, shape)
+        params = None
+        if pth:
+            params = read_state_dict(pth)
+            checkpoint.check_params(graph, params, source=f"model.weights {pth}")
+    else:
+        from hyperparams.common import source_kwargs
+
+        graph, params = import_source(m.source, shape, pth, source_arch(m.source), source_kwargs(m.kwargs))
+        if graph.num_classes != classes:
+            raise UserError(f"model.source {m.source} gives {graph.num_classes} outputs, the data has {classes} "
+                            f"classes")
+    if params is not None:
+        checkpoint.check_finite(params, f"model.weights {pth or m.source}")
+    ctx.cache["source"] = (graph, params)
+    return graph, params
+
+
+def start_graph(ctx: Context):
+    """The graph of the network every method starts from (``model.weights`` when it is a checkpoint,
+    else ``model.source``), checked with the data in one place before any work."""
+    path = ctx.cfg.model.weights
+    if path and is_checkpoint(path):
+        graph = checkpoint_graph(path, ctx.splits)
+        if graph.arch != source_arch(ctx.cfg.model.source):
+            raise UserError(f"model.weights {path} holds a '{graph.arch}', the config's model.source is "
+                            f"'{ctx.cfg.model.source}' (set --config.model.source)")
+        return graph
+    if path and not path.endswith((".pth", ".pt")):
+        raise UserError(f"model.weights {path} is neither a checkpoint (.safetensors) nor a state_dict (.pth, .pt)")
+    if path and not os.path.isfile(path):
+        raise UserError(f"model.weights not found: {path}")
+    return source_graph(ctx)[0]
 
 
 def start_model(ctx: Context, stage: str | None = "baseline"):
-    """The network a method starts from: ``model.weights`` when given; else the config's zoo model
-    with seeded weights, trained first with the ``train`` section in ``stage`` (None: untrained)."""
+    """The network a method starts from: ``model.weights`` when given (a checkpoint, or a state_dict of
+    the source); else the source's initial weights (seeded for a zoo model), trained first with the
+    ``train`` section in ``stage`` (None: untrained)."""
     from compress_core.ir.init import init_params
 
-    if ctx.cfg.model.weights:
-        log.info("starting from %s", ctx.cfg.model.weights)
-        return load_model(ctx.backend, ctx.cfg.model.weights, ctx.splits)
-    graph = zoo.build(ctx.cfg.model.name, ctx.splits.num_classes, ctx.splits.train.x.shape[1:])
-    model = ctx.backend.build(graph, init_params(graph, ctx.cfg.seed))
-    if stage is not None:
+    weights = ctx.cfg.model.weights
+    if weights and is_checkpoint(weights):
+        log.info("starting from %s", weights)
+        return load_model(ctx.backend, weights, ctx.splits)
+    graph, params = source_graph(ctx)
+    model = ctx.backend.build(graph, init_params(graph, ctx.cfg.seed) if params is None else params)
+    if weights:
+        log.info("starting from %s (%s)", weights, ctx.cfg.model.source)
+    elif stage is not None:
         log.info("no model.weights given: training the baseline first")
         fit(ctx, model, ctx.cfg.train, stage)
     return model

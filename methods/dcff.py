@@ -33,7 +33,7 @@ import numpy as np
 
 from compress_core.criteria import dcff as crit
 from compress_core.fileio import atomic_write_json
-from compress_core.ir import checkpoint, flops, zoo
+from compress_core.ir import checkpoint, flops
 from compress_core.recipes import dcff
 from methods import common, report
 
@@ -95,14 +95,13 @@ def selection_line(selection: list[dict]) -> str:
 
 def run(ctx: common.Context) -> dict:
     cfg, backend, splits = ctx.cfg, ctx.backend, ctx.splits
-    shape, classes = splits.train.x.shape[1:], splits.num_classes
     rates = dcff.parse_rates(cfg.dcff.rates)
-    graph, groups = dcff.training_graph(cfg.model.name, rates, classes, shape)
+    full, _ = common.source_graph(ctx)
+    graph, groups = dcff.training_graph(full, rates)
     t0, initial = temperature_at(cfg, 0), None
     if cfg.model.weights:
-        common.checkpoint_graph(cfg.model.weights, splits)
-        full, full_params, _ = checkpoint.load_checkpoint(cfg.model.weights)
-        params, keeps = dcff.warm_start(full, full_params, graph, groups, t0)
+        start = common.start_model(ctx, stage=None)
+        params, keeps = dcff.warm_start(start.graph, ctx.backend.get_weights(start), graph, groups, t0)
         initial = ({k: v for k, v in params.items() if k.endswith(".fusion")}, keeps)
         common.log.info("[dcff] starting from %s", cfg.model.weights)
     else:
@@ -121,7 +120,6 @@ def run(ctx: common.Context) -> dict:
     export = ctx.path("dcff.safetensors")
     checkpoint.save_checkpoint(export, small, small_params,
                                {"method": "dcff", "rates": rates, "schedule": cfg.dcff.schedule})
-    full = zoo.build(cfg.model.name, classes, shape)
     rows = [{"model": "unpruned (not trained)", **flops.summary(full), "val_accuracy": None, "test_accuracy": None},
             common.summary_row(ctx, "dcff compact", compact)]
     report.add_latencies(backend, rows, [backend.build(full), compact], 20)
@@ -138,8 +136,21 @@ def run(ctx: common.Context) -> dict:
     return metrics
 
 
+def check(ctx: common.Context) -> None:
+    """The rates against the model, and a start network of the unpruned model's shapes (DCFF fuses the
+    filters of the whole network), before any work."""
+    from compress_core.errors import UserError
+
+    full, _ = common.source_graph(ctx)
+    dcff.conv_rates(full, dcff.parse_rates(ctx.cfg.dcff.rates))
+    start = common.start_graph(ctx)
+    if start.param_shapes() != full.param_shapes():
+        raise UserError(f"model.weights {ctx.cfg.model.weights} holds a '{start.arch}' with other layer shapes "
+                        f"than the unpruned model (DCFF fuses the filters of the whole network)")
+
+
 def cli(argv=None) -> int:
-    return common.main(run, __doc__.splitlines()[0], "dcff_resnet20_digits.py", argv)
+    return common.main(run, __doc__.splitlines()[0], "dcff_resnet20_digits.py", argv, check=check)
 
 
 if __name__ == "__main__":

@@ -158,8 +158,41 @@ def run(ctx: common.Context) -> dict:
     return metrics
 
 
+def check(ctx: common.Context) -> None:
+    """Every layer named in ``decompose.layers``, ``skip`` and ``ranks`` exists in the model and is a conv
+    or dense layer; every given rank lies in its range (before any work)."""
+    from compress_core.criteria import lowrank
+    from compress_core.errors import UserError
+
+    graph = common.start_graph(ctx)
+    pshapes = graph.param_shapes()
+    d = ctx.cfg.decompose
+    for name in (*d.layers, *d.skip):
+        node = graph[name]  # one-line error for an unknown name
+        if node.op not in ("conv", "dense"):
+            raise UserError(f"decompose: '{name}' is a {node.op}, not a conv or dense layer")
+    for entry in d.ranks:
+        if not isinstance(entry, (tuple, list)) or len(entry) < 2 or not isinstance(entry[0], str):
+            raise UserError(f"decompose.ranks: entry {entry!r} is not (name, rank...)")
+        name, ranks = entry[0], tuple(entry[1:])
+        node = graph[name]
+        shape = pshapes[f"{name}.weight"]
+        want = 2 if node.op == "conv" and d.method == "tucker2" else 1
+        if len(ranks) != want:
+            raise UserError(f"decompose.ranks: '{name}' needs {want} rank(s), got {ranks!r}")
+        if node.op == "conv" and d.method == "tucker2":
+            dims = (shape[0] // node.attrs["groups"], shape[1])
+        elif node.op == "conv":
+            dims = (lowrank.cp_max_rank(shape),)
+        else:
+            dims = (min(shape),)
+        for r, dim in zip(ranks, dims):
+            if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= dim:
+                raise UserError(f"decompose.ranks: rank {r!r} of '{name}' outside [0, {dim}]")
+
+
 def cli(argv=None) -> int:
-    return common.main(run, __doc__.splitlines()[0], "decompose_resnet20_digits.py", argv)
+    return common.main(run, __doc__.splitlines()[0], "decompose_resnet20_digits.py", argv, check=check)
 
 
 if __name__ == "__main__":

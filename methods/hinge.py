@@ -204,8 +204,14 @@ def run(ctx: common.Context) -> dict:
     return metrics
 
 
+def check(ctx: common.Context) -> None:
+    """The placement of the model's matrices, before any work (and p1's need for two families)."""
+    place = hinge.placement(common.start_graph(ctx))
+    hinge.lr_adjusted(place, ctx.cfg.hinge.lr_adjust)
+
+
 def cli(argv=None) -> int:
-    return common.main(run, __doc__.splitlines()[0], "hinge_resnet20_digits.py", argv)
+    return common.main(run, __doc__.splitlines()[0], "hinge_resnet20_digits.py", argv, check=check)
 
 
 if __name__ == "__main__":

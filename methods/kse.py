@@ -59,7 +59,7 @@ def make_codes(cfg, graph, params) -> tuple[dict, list[dict]]:
     """Indicator and clustering of every chosen conv; one summary row per layer."""
     c = cfg.kse
     codes, rows = {}, []
-    for name in kse.layer_names(graph, c.layers):
+    for name in kse.layer_names(graph, c.layers, c.k + 1):
         w = params[f"{name}.weight"]
         r = kse_indicator(w, c.G, c.T, c.k, c.entropy_sets)
         codes[name] = kse.cluster_layer(w, r.num_centroids, cfg.seed, c.kmeans_max_iter, c.kmeans_tol)
@@ -145,8 +145,23 @@ def run(ctx: common.Context) -> dict:
     return metrics
 
 
+def check(ctx: common.Context) -> None:
+    """The chosen layers against the model, before any work: ``kse.layers`` matches ungrouped convs,
+    each with more filters than the entropy's ``kse.k`` neighbours."""
+    from compress_core.errors import UserError
+
+    c = ctx.cfg.kse
+    graph = common.start_graph(ctx)
+    shapes = graph.param_shapes()
+    for name in kse.layer_names(graph, c.layers, c.k + 1):
+        n = shapes[f"{name}.weight"][0]
+        if n < c.k + 1:
+            raise UserError(f"layer '{name}' has {n} filters; the KSE entropy with kse.k={c.k} needs at least "
+                            f"{c.k + 1} (exclude it with kse.layers)")
+
+
 def cli(argv=None) -> int:
-    return common.main(run, __doc__.splitlines()[0], "kse_resnet20_digits.py", argv)
+    return common.main(run, __doc__.splitlines()[0], "kse_resnet20_digits.py", argv, check=check)
 
 
 if __name__ == "__main__":

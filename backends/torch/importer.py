@@ -323,3 +323,55 @@ def _drop_unused(graph: Graph) -> Graph:
             needed.update(n.inputs)
     return graph.replace(keep[::-1])
 
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A state_dict file loaded with ``weights_only=True`` (no code runs), as float32 numpy arrays
+    (BatchNorm's ``num_batches_tracked`` counters dropped); a bad file is a one-line error."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a user's file fails in many ways
+        raise UserError(f"cannot read the state_dict {path}: {type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} is not a state_dict (a dict of tensors)")
+    return {k: v.detach().to(torch.float32).numpy().copy() for k, v in sd.items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def load_module_source(source: str, input_shape: Sequence[int], weights: str = "", arch: str | None = None,
+                       kwargs: dict | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Import ``module:package.path:callable``: call it (with ``kwargs``) for the ``nn.Module``, load the
+    state_dict file ``weights`` into it (``strict``: every key and shape must match), then
+    :func:`from_module`. Every failure is a one-line :class:`UserError`."""
+    import importlib
+
+    _, path, name = source.split(":")
+    try:
+        owner = importlib.import_module(path)
+    except Exception as e:  # noqa: BLE001 - the user's package
+        raise UserError(f"model.source {source}: cannot import {path} ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    make = getattr(owner, name, None)
+    if not callable(make):
+        raise UserError(f"model.source {source}: {path} has no callable '{name}'")
+    try:
+        module = make(**(kwargs or {}))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"model.source {source}: calling {name}() failed ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    if not isinstance(module, nn.Module):
+        raise UserError(f"model.source {source}: {name}() returned {type(module).__name__}, not a torch.nn.Module")
+    if weights:
+        sd = {k: torch.as_tensor(v) for k, v in read_state_dict(weights).items()}
+        own = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        wrong = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+        if missing or unexpected or wrong:
+            detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                      else f"'{wrong[0]}' has shape {tuple(sd[wrong[0]].shape)}, the model {tuple(own[wrong[0]].shape)}")
+            raise UserError(f"model.weights {weights} does not fit {source}: {detail}")
+        module.load_state_dict(sd, strict=False)
+    return from_module(module, input_shape, arch)

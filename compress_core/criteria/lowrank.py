@@ -19,6 +19,7 @@ Weights are OIHW ``[out, in, kh, kw]`` (of one group) or dense ``[out, in]``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -276,7 +277,9 @@ def tucker2(weight, ranks, n_iter_max: int = 100, tol: float = 1e-4) -> tuple[np
         raise UserError(f"Tucker-2 needs two ranks (out, in), got {ranks!r}")
     r_out = check_rank(ranks[0], w.shape[0], "Tucker-2 output")
     r_in = check_rank(ranks[1], w.shape[1], "Tucker-2 input")
-    with tl.backend_context("numpy"), one_blas_thread():
+    with tl.backend_context("numpy"), one_blas_thread(), warnings.catch_warnings():
+        # tensorly warns when a rank exceeds a mode's other unfolding size and clamps it: that is exact
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
         (core, (u_out, u_in)), _ = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd",
                                                   n_iter_max=n_iter_max, tol=tol)
     return np.asarray(core), np.asarray(u_out), np.asarray(u_in)

@@ -21,6 +21,9 @@ resnext20, 164  CIFAR ResNeXt 32x1d of Hinge's reference: 1x1 stem, grouped
                 bottlenecks (expansion 2), projection shortcut + BN
 wrn16_10        Wide ResNet-16-10 of Hinge's reference: pre-activation
                 wide_basic blocks, biased convs (17.18 M params at 100 classes)
+mobilenetv2     MobileNetV2, torchvision's layout and names (CIFAR strides
+                on inputs of 64 pixels or less)
+googlenet       CIFAR GoogLeNet of KSE / HRank / DCFF (kuangliu's layout)
 ==============  ==========================================================
 """
 
@@ -370,11 +373,104 @@ def _check_stream(b: _Builder, names, stream: int, owner: str) -> None:
                             f"stream is {stream} (set by '{owner}')")
 
 
+MOBILENETV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                        (6, 320, 1, 1))
+
+
+def mobilenetv2(num_classes: int = 10, input_shape=(3, 32, 32), widths: Mapping[str, int] | None = None,
+                dropout: float = 0.2) -> Graph:
+    """MobileNetV2 (Sandler et al. 2018) in torchvision's layout and names, so its state_dicts map.
+
+    Stem ``features.0`` 3x3 conv (32) - BN - ReLU6; inverted residual blocks ``features.1..17``
+    (expansion ``t``, width ``c``, repeats ``n``, stride ``s`` of the paper's table): a 1x1 expand conv
+    (when ``t > 1``), a 3x3 depthwise conv, a 1x1 linear projection, each with BN (ReLU6 after the first
+    two), and the identity added where the shape stays; ``features.18`` 1x1 conv to 1280 - BN - ReLU6;
+    global average pooling, dropout, ``classifier.1``. On inputs of 64 pixels or less (CIFAR) the stem
+    and the second stage have stride 1, as the CIFAR variants of the DCFF and Hinge experiments.
+    The width plan sets every conv; a block's projection must keep the stream's width where it adds.
+    """
+    b = _Builder(widths)
+    small = min(input_shape[1:]) <= 64
+
+    def conv_bn(name, x, out, k, stride, groups=1, act=True):
+        pad = (k - 1) // 2
+        h = b.conv(f"{name}.0", x, out, k=k, stride=stride, pad=pad, groups=groups)
+        h = b.add(bn_node(f"{name}.1", h))
+        return b.add(Node(f"{name}.2", "relu6", (h,))) if act else h
+
+    x = conv_bn("features.0", "input", 32, 3, 1 if small else 2)
+    cin, i = b.width("features.0.0", 32), 1
+    for stage, (t, c, n, s) in enumerate(MOBILENETV2_SETTINGS):
+        for r in range(n):
+            stride = (1 if small and stage == 1 else s) if r == 0 else 1
+            p = f"features.{i}.conv"
+            h, j, hidden = x, 0, cin * t
+            if t != 1:
+                h = conv_bn(f"{p}.0", h, hidden, 1, 1)
+                hidden, j = b.width(f"{p}.0.0", hidden), 1
+            h = conv_bn(f"{p}.{j}", h, hidden, 3, stride, groups=hidden)
+            if b.width(f"{p}.{j}.0", hidden) != hidden:
+                raise UserError(f"width plan: the depthwise conv '{p}.{j}.0' must keep its {hidden} channels")
+            h = b.conv(f"{p}.{j + 1}", h, c, k=1, pad=0)
+            h = b.add(bn_node(f"{p}.{j + 2}", h))
+            out = b.width(f"{p}.{j + 1}", c)
+            if stride == 1 and cin == c:
+                if out != cin:
+                    raise UserError(f"width plan: '{p}.{j + 1}' adds into a stream of {cin} channels, got {out}")
+                h = b.add(Node(f"features.{i}.add", "add", (x, h)))
+            x, cin, i = h, out, i + 1
+    x = conv_bn(f"features.{i}", x, 1280, 1, 1)
+    x = b.add(Node("pool", "gap", (x,)))
+    x = b.add(Node("classifier.0", "dropout", (x,), {"p": float(dropout), "mode": "element"}))
+    out = b.dense("classifier.1", x, num_classes)
+    return b.graph("mobilenetv2", input_shape, out, num_classes=num_classes)
+
+
+GOOGLENET_CFG = (("a3", 192, 64, 96, 128, 16, 32, 32), ("b3", 256, 128, 128, 192, 32, 96, 64), "M",
+                 ("a4", 480, 192, 96, 208, 16, 48, 64), ("b4", 512, 160, 112, 224, 24, 64, 64),
+                 ("c4", 512, 128, 128, 256, 24, 64, 64), ("d4", 512, 112, 144, 288, 32, 64, 64),
+                 ("e4", 528, 256, 160, 320, 32, 128, 128), "M",
+                 ("a5", 832, 256, 160, 320, 32, 128, 128), ("b5", 832, 384, 192, 384, 48, 128, 128))
+
+
+def googlenet(num_classes: int = 10, input_shape=(3, 32, 32), widths: Mapping[str, int] | None = None) -> Graph:
+    """CIFAR GoogLeNet of the KSE and HRank/DCFF experiments (kuangliu's layout and names).
+
+    ``pre_layers`` 3x3 conv (192) - BN - ReLU; inception modules ``a3, b3`` - max-pool 3/2 -
+    ``a4 .. e4`` - max-pool - ``a5, b5``, each four branches concatenated: ``b1`` 1x1; ``b2`` 1x1 - 3x3;
+    ``b3`` 1x1 - 3x3 - 3x3 (the 5x5 as two 3x3); ``b4`` max-pool 3/1 - 1x1; every conv with bias, BN and
+    ReLU; global average pooling and ``linear``. 6.17 M parameters, 1.53 G MACs at 32x32 (10 classes).
+    The width plan sets any conv (a module's input is the concatenation of the branches before it).
+    """
+    b = _Builder(widths)
+
+    def cbr(prefix, x, out, k, idx):
+        h = b.conv(f"{prefix}.{idx}", x, out, k=k, pad=(k - 1) // 2, bias=True)
+        return b.add(Node(f"{prefix}.{idx + 2}", "relu", (b.add(bn_node(f"{prefix}.{idx + 1}", h)),)))
+
+    x = cbr("pre_layers", "input", 192, 3, 0)
+    for i, m in enumerate(GOOGLENET_CFG):
+        if m == "M":
+            x = b.add(Node(f"maxpool{i}", "maxpool", (x,), {"k": 3, "stride": 2, "pad": 1}))
+            continue
+        name, _, n1, n3r, n3, n5r, n5, pool = m
+        br1 = cbr(f"{name}.b1", x, n1, 1, 0)
+        br2 = cbr(f"{name}.b2", cbr(f"{name}.b2", x, n3r, 1, 0), n3, 3, 3)
+        br3 = cbr(f"{name}.b3", cbr(f"{name}.b3", cbr(f"{name}.b3", x, n5r, 1, 0), n5, 3, 3), n5, 3, 6)
+        pooled = b.add(Node(f"{name}.b4.0", "maxpool", (x,), {"k": 3, "stride": 1, "pad": 1}))
+        br4 = cbr(f"{name}.b4", pooled, pool, 1, 1)
+        x = b.add(Node(f"{name}.cat", "concat", (br1, br2, br3, br4)))
+    x = b.add(Node("avgpool", "gap", (x,)))
+    out = b.dense("linear", x, num_classes)
+    return b.graph("googlenet", input_shape, out, num_classes=num_classes)
+
+
 MODELS: dict[str, Callable[..., Graph]] = {
     **{f"resnet{d}": functools.partial(resnet_cifar, depth=d) for d in CIFAR_RESNET_DEPTHS},
     "resnet164": resnet164, "vgg16": vgg16, "densenet40": densenet40, "resnet50": resnet50,
     "resnext20": functools.partial(resnext, depth=20), "resnext164": functools.partial(resnext, depth=164),
-    "wrn16_10": functools.partial(wide_resnet, depth=16, widen=10)}
+    "wrn16_10": functools.partial(wide_resnet, depth=16, widen=10), "mobilenetv2": mobilenetv2,
+    "googlenet": googlenet}
 
 
 def build(name: str, num_classes: int = 10, input_shape=(3, 32, 32),

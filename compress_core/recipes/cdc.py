@@ -1,7 +1,8 @@
 """CDC pruning logic on graphs (numpy): where channels are scored, how many are kept, the cut.
 
 Where (:func:`mask_points`): as the reference, the scored features are the
-post-BN-ReLU inputs of convolutions. Every ungrouped conv that reads a ReLU output
+post-BN-ReLU inputs of convolutions (ReLU6, hard-swish and SiLU count as ReLU, for
+imported MobileNets and EfficientNets). Every ungrouped conv that reads such an output
 (or a pooled one) gets one mask at its input, except the stem (it reads the image)
 and a second reader of the same tensor (a projection shortcut shares its block's
 tap). The channels a mask scores are a channel group of :mod:`compress_core.surgery`
@@ -45,6 +46,8 @@ from compress_core.surgery.plan import bisect_ratio
 from compress_core.surgery.structure import block_index
 
 STREAMS = ("select", "group")
+#: the non-linearities whose outputs are taps (post-BN-activation features; ReLU in the reference)
+ACTIVATIONS = ("relu", "relu6", "hardswish", "silu")
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ def mask_points(graph: Graph) -> list[MaskPoint]:
     points, seen_taps, numbers = [], set(), {}
     for n in graph.of_op("conv"):
         tap = graph[n.inputs[0]]
-        pooled = tap.op in ("maxpool", "avgpool") and graph[tap.inputs[0]].op == "relu"
-        if not (tap.op == "relu" or pooled) or tap.name in seen_taps or n.attrs["groups"] != 1:
+        pooled = tap.op in ("maxpool", "avgpool") and graph[tap.inputs[0]].op in ACTIVATIONS
+        if not (tap.op in ACTIVATIONS or pooled) or tap.name in seen_taps or n.attrs["groups"] != 1:
             continue
         seen_taps.add(tap.name)
         width = graph.in_channels(n.name)

@@ -53,7 +53,6 @@ import numpy as np
 
 from compress_core.criteria import dcff as crit
 from compress_core.errors import UserError
-from compress_core.ir import zoo
 from compress_core.ir.graph import Graph, Node
 from compress_core.ir.init import init_params as _init_params
 from compress_core.surgery import channel_groups, prune, pruned_graph
@@ -98,21 +97,22 @@ def parse_rates(text: str | Sequence[float]) -> list[float]:
 
 
 def fused_convs(graph: Graph) -> list[str]:
-    """The convs DCFF fuses, in graph order: every conv but the projection shortcuts of residual
-    blocks (ResNet-50's ``downsample.0``: a plain compact conv, as in the reference code)."""
+    """The convs DCFF fuses, in graph order: every ungrouped conv but the projection shortcuts of
+    residual blocks (ResNet-50's ``downsample.0``: a plain compact conv, as in the reference code). A
+    grouped or depthwise conv follows the channels of its input's group as a plain compact conv."""
     shortcuts = {c for b in residual_blocks(graph) for c in b.shortcut}
-    return [n.name for n in graph.of_op("conv") if n.name not in shortcuts]
+    return [n.name for n in graph.of_op("conv") if n.name not in shortcuts and n.attrs["groups"] == 1]
 
 
 def _layout_groups(graph: Graph) -> list[list[str]] | None:
     """lmbxmu's rate layout as lists of channel groups: the stem's own group (when it has one), then
     for each position k the k-th inner group of every residual block, then the residual streams;
-    None for a graph without residual blocks."""
+    None for a graph without residual blocks of fused convs only."""
     blocks = residual_blocks(graph)
-    if not blocks:
-        return None
     tied = tied_groups(graph)
     of = {c: gid for gid, members in tied.items() for c in members}
+    if not blocks or any(c not in of for b in blocks for c in b.branch):
+        return None  # no residual blocks, or blocks with grouped convs (MobileNet): not lmbxmu's layout
     in_blocks = {c for b in blocks for c in b.branch + b.shortcut}
     streams = list(dict.fromkeys(of[b.branch[-1]] for b in blocks))
     stem = [gid for gid, members in tied.items() if gid not in streams and not set(members) & in_blocks]
@@ -200,13 +200,11 @@ def fuse_all(graph: Graph, params: Mapping[str, np.ndarray] | None = None, convs
     return graph.replace(nodes), p
 
 
-def training_graph(name: str, rates: Sequence[float], num_classes: int = 10,
-                   input_shape=(3, 32, 32)) -> tuple[Graph, list[Group]]:
-    """The fused compact network of zoo model ``name`` at ``rates`` and its keep-set groups: the
-    unpruned network with fused convs, cut to ``kept_count(n, rate)`` fusion rows per group
+def training_graph(full: Graph, rates: Sequence[float]) -> tuple[Graph, list[Group]]:
+    """The fused compact network of the unpruned ``full`` at ``rates`` and its keep-set groups: ``full``
+    with fused convs, cut to ``kept_count(n, rate)`` fusion rows per group
     (:func:`compress_core.surgery.pruned_graph`): every fused conv keeps its ``n`` raw filters and
     reads the compact outputs of the layer before it."""
-    full = zoo.build(name, num_classes, input_shape)
     per_conv = conv_rates(full, rates)
     fused, _ = fuse_all(full)
     tied = tied_groups(full)

@@ -25,6 +25,9 @@ vgg16           ``<conv>.hinge`` with bias after ``features.1`` .. ``features.12
                 rows and columns of the same A (the last conv keeps its columns)
 densenet40      ``<conv>.hinge`` (no bias) after every dense-layer 3x3 conv and
                 transition 1x1 conv; rows (decomposition)
+any other       ``<conv>.hinge`` (with bias) after every ungrouped conv but the stem: rows
+                (decomposition) always, columns (pruning) where the conv alone writes a
+                cuttable channel group; SVD initialisation; one family
 resnext20, 164  no new node: one group per cardinality path ``g``, the vector
                 ``[conv1 filters of g | conv3 input columns of g]``; whole paths go
 wrn16_10        ``<conv>.hinge`` with bias (the conv's bias moves there) after both
@@ -150,17 +153,38 @@ PLACEMENTS: dict[str, Callable[[Graph], Placement]] = {
     r"densenet40": _densenet, r"resnext\d+": _resnext, r"wrn\d+_\d+": _wrn}
 
 
+def _generic(graph: Graph) -> Placement:
+    """Any graph: a matrix ``<conv>.hinge`` (SVD initialisation) after every ungrouped conv but the stem.
+    Its rows always (decomposition: the conv's filters, the width after the pair stays); its columns
+    too (filter pruning) when the conv alone writes a channel group that can be cut (not a residual
+    stream, a concatenation or the logits). One family: no gradient-ratio adjustment."""
+    groups = channel_groups(graph)
+    writers = {m.node: g for g in groups for m in g.producers}
+    sparse, convs = [], []
+    for n in graph.of_op("conv"):
+        if n.attrs["groups"] != 1 or n.inputs[0] == "input":
+            continue
+        g = writers.get(n.name)
+        # the channels' only writer (a depthwise conv tied into the group follows them)
+        alone = g is not None and g.cuttable and [m.node for m in g.of_kind("out", "fused", "select_out")] == [n.name]
+        sparse.append(Sparse(f"{n.name}.hinge", ("rows", "columns") if alone else ("rows",), n.name))
+        convs.append(n.name)
+    if not sparse:
+        raise UserError(f"'{graph.arch}' has no ungrouped conv past its stem to place Hinge's matrices after")
+    return Placement("generic", "svd2", tuple(sparse), tuple(convs), True)
+
+
 def check_mapping(arch: str) -> Callable[[Graph], Placement]:
-    """The placement builder of architecture ``arch``; a :class:`UserError` when it has none."""
+    """The placement builder of architecture ``arch``: the reference's for the zoo architectures it
+    maps, :func:`_generic` for any other graph."""
     for pattern, make in PLACEMENTS.items():
         if re.fullmatch(pattern, arch):
             return make
-    raise UserError(f"model '{arch}' has no Hinge mapping (mapped: resnet20..110, resnet164, vgg16, "
-                    f"densenet40, resnext20/164, wrn16_10)")
+    return _generic
 
 
 def placement(graph: Graph) -> Placement:
-    """The Hinge placement of ``graph`` (a zoo model, unmodified)."""
+    """The Hinge placement of ``graph`` (unmodified): the reference's, or the generic rule."""
     return check_mapping(graph.arch)(graph)
 
 

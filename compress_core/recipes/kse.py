@@ -432,8 +432,18 @@ def paper_costs(graph: Graph, codes: Mapping[str, LayerCode]) -> dict[str, int]:
     return out
 
 
-def layer_names(graph, pattern: str) -> list[str]:
-    """Ungrouped convs whose name fully matches ``pattern``, in graph order."""
+def layer_names(graph, pattern: str, min_filters: int = 1) -> list[str]:
+    """Ungrouped convs whose name fully matches the regular expression ``pattern``, in graph order;
+    ``all``: every ungrouped conv but the stem (the convs that read the network input) with at least
+    ``min_filters`` filters (the kNN entropy needs ``k + 1``), for any graph. (A grouped conv is left as
+    it is: cutting its input channels would unbalance its groups.)"""
+    if pattern == "all":
+        shapes = graph.shapes()
+        names = [n.name for n in graph.of_op("conv") if n.attrs["groups"] == 1 and n.inputs[0] != "input"
+                 and shapes[n.name][0] >= min_filters]
+        if not names:
+            raise UserError(f"'{graph.arch}' has no ungrouped conv past its stem to compress")
+        return names
     try:
         rx = re.compile(pattern)
     except re.error as e:

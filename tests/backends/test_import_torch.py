@@ -148,3 +148,18 @@ def test_bad_models_are_one_line_errors(make, shape, needle):
     with pytest.raises(UserError) as e:
         from_module(make(), shape)
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_zoo_mobilenetv2_is_torchvisions_and_loads_its_state_dict(torchvision_models, backends):
+    """The zoo's MobileNetV2 has torchvision's layout and names: its state_dict loads as it is."""
+    from compress_core.ir import zoo
+
+    module = _trained_like(torchvision_models.mobilenet_v2(weights=None, num_classes=10))
+    shape = (3, 96, 96)  # more than 64 pixels: ImageNet strides, as torchvision's
+    graph = zoo.build("mobilenetv2", 10, shape)
+    params = {k: v.detach().numpy() for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    x = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.as_tensor(x)).numpy()
+    for name, be in backends.items():
+        assert close(want, be.forward(be.build(graph, params), x)[0]) < 1e-4, name

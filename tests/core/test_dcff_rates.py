@@ -19,7 +19,7 @@ LMBXMU_R56 = ("[0.7]*2+[0.5]*3+[0.3]*2+[0.4]+[0.8]+ [0.7]*2+[0.8]*4+[0.4]+[0.2]*
 
 
 def _imagenet(rates):
-    return dcff.training_graph("resnet50", dcff.parse_rates(rates), 1000, (3, 224, 224))[0]
+    return dcff.training_graph(zoo.build("resnet50", 1000, (3, 224, 224)), dcff.parse_rates(rates))[0]
 
 
 def test_parse_rates_expressions():
@@ -48,7 +48,7 @@ def test_resnet50_both_formats_give_the_15_16m_network():
 
 def test_resnet56_lmbxmu_layout_and_its_per_conv_equivalent():
     rates = dcff.parse_rates(LMBXMU_R56)
-    g, groups = dcff.training_graph("resnet56", rates)
+    g, groups = dcff.training_graph(zoo.build("resnet56"), rates)
     per = dcff.conv_rates(zoo.build("resnet56"), rates)
     assert per["layer1.0.conv1"] == 0.7 and per["layer3.8.conv1"] == 0.8 and per["conv1"] == 0.0
     assert g.shapes()["layer1.0.conv1"] == (4, 32, 32)   # floor(16 * 0.3)
@@ -61,11 +61,11 @@ def test_resnet56_lmbxmu_layout_and_its_per_conv_equivalent():
     # the same network from one rate per conv (55 = stem + 2 per block)
     full = [per[c] for c in dcff.fused_convs(zoo.build("resnet56"))]
     assert len(full) == 55
-    assert dcff.training_graph("resnet56", full)[0].param_shapes() == g.param_shapes()
+    assert dcff.training_graph(zoo.build("resnet56"), full)[0].param_shapes() == g.param_shapes()
 
 
 def test_vgg16_thirteen_rates():
-    g, groups = dcff.training_graph("vgg16", dcff.parse_rates("[0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6"))
+    g, groups = dcff.training_graph(zoo.build("vgg16"), dcff.parse_rates("[0.5]*2+[0.4]*2+[0.35]*3+[0.85]*6"))
     assert [grp.m for grp in groups] == [32, 32, 76, 76, 166, 166, 166, 76, 76, 76, 76, 76, 76]
     assert round(flops.count_macs(g) / 1e6, 2) == 72.39  # lmbxmu: 72.77 M (their counter adds BN/ReLU)
 
@@ -86,7 +86,7 @@ def test_bad_rates_are_one_line_errors(model, rates, msg):
 
 
 def test_tied_group_shares_one_keep_set_scored_by_the_sum():
-    g, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.25] * 3, 10, (1, 8, 8))
+    g, groups = dcff.training_graph(zoo.build("resnet20", 10, (1, 8, 8)), [0.5] * 9 + [0.25] * 3)
     params = init_params(g, seed=3)
     t = 2.0
     fusion, keeps = dcff.select_and_fuse(params, groups, t)
@@ -103,7 +103,7 @@ def test_tied_group_shares_one_keep_set_scored_by_the_sum():
 
 
 def test_export_is_fusion_times_weight_and_keeps_everything_else():
-    g, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.25] * 3, 10, (1, 8, 8))
+    g, groups = dcff.training_graph(zoo.build("resnet20", 10, (1, 8, 8)), [0.5] * 9 + [0.25] * 3)
     params = dcff.init_params(g, groups, seed=1, t=1.0)
     small, sp = dcff.export(g, params)
     assert small.param_shapes()["layer2.0.conv1.weight"] == (16, 12, 3, 3)
@@ -121,7 +121,7 @@ def test_l1_baseline_keeps_the_highest_summed_norms_at_dcffs_widths():
     from tests.conftest import trained_like
 
     full = zoo.build("resnet20", 10, (1, 8, 8))
-    fused, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.25] * 3, 10, (1, 8, 8))
+    fused, groups = dcff.training_graph(zoo.build("resnet20", 10, (1, 8, 8)), [0.5] * 9 + [0.25] * 3)
     params = trained_like(full, seed=4)
     small, sp = l1_prune(full, params, counts={g.name: g.m for g in groups})
     assert small.param_shapes() == dcff.export(fused, {k: np.zeros(s, np.float32)
@@ -142,7 +142,7 @@ def test_warm_start_from_a_trained_model_keeps_its_function_when_fusion_is_hard(
     from tests.conftest import trained_like
 
     full = zoo.build("resnet20", 10, (1, 8, 8))
-    fused, groups = dcff.training_graph("resnet20", [0.5] * 9 + [0.25] * 3, 10, (1, 8, 8))
+    fused, groups = dcff.training_graph(zoo.build("resnet20", 10, (1, 8, 8)), [0.5] * 9 + [0.25] * 3)
     params = trained_like(full, seed=6)
     t = 1e4
     _, keeps = dcff.warm_start(full, params, fused, groups, t)

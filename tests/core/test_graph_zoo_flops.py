@@ -131,3 +131,15 @@ def test_public_core_api_paths_stay_importable():
     for module, names in api.items():
         m = importlib.import_module(module)
         assert all(callable(getattr(m, n)) for n in names), module
+
+
+def test_googlenet_and_mobilenetv2_sizes():
+    """The CIFAR GoogLeNet of KSE/HRank (6.15 M params, 1.52 G FLOPs in HRank's table) and MobileNetV2
+    (torchvision's 3,504,872 parameters and 300 M MACs at 224x224; CIFAR strides on small inputs)."""
+    g = zoo.build("googlenet", 10, (3, 32, 32))
+    assert flops.count_params(g) == 6_166_250 and round(flops.count_macs(g) / 1e9, 2) == 1.52
+    assert g.shapes()["b5.cat"] == (1024, 8, 8)
+    m = zoo.build("mobilenetv2", 1000, (3, 224, 224))
+    assert flops.count_params(m) == 3_504_872 and round(flops.count_macs(m) / 1e6) == 301
+    assert m.shapes()["features.18.2"] == (1280, 7, 7)
+    assert zoo.build("mobilenetv2", 10, (3, 32, 32)).shapes()["features.18.2"] == (1280, 4, 4)  # CIFAR strides

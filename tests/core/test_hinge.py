@@ -117,9 +117,28 @@ def test_ratio_is_monotone_and_the_threshold_search_meets_the_target():
         assert ratio == hinge.mac_ratio(ga, p, place, tau, base)
 
 
-def test_unmapped_architecture_and_bad_init_are_user_errors():
-    with pytest.raises(UserError, match="'resnet50' has no Hinge mapping"):
-        hinge.check_mapping("resnet50")
+def test_any_other_graph_gets_the_generic_placement_and_keeps_its_function():
+    """ResNet-50 has no reference placement: a matrix after every conv but the stem, columns only where
+    the conv alone writes a cuttable group (not a stream); attached, the network computes the same."""
+    from tests import oracle
+
+    g = zoo.build("resnet50", 10, (3, 32, 32))
+    place = hinge.placement(g)
+    assert place.family == "generic" and len(place.sparse) == 52  # 53 convs, the stem left out
+    axes = {s.rows_of: s.axes for s in place.sparse}
+    assert axes["layer1.0.conv1"] == ("rows", "columns") and axes["layer1.0.conv3"] == ("rows",)
+    assert axes["layer1.0.downsample.0"] == ("rows",)
+    p = trained_like(g)
+    ga, pa, _ = hinge.attach(g, p)
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32))
+    want = oracle.forward(g, p, x)["fc"]  # the SVD factors are float32: relative to the logits' scale
+    assert np.abs(oracle.forward(ga, pa, x)["fc"] - want).max() < 1e-5 * np.abs(want).max()
+    keep = hinge.keep_sets(pa, place, tau=0.0)
+    small, _ = hinge.apply_keep(ga, pa, place, {k: v[: max(1, len(v) // 2)] for k, v in keep.items()})
+    assert flops.count_macs(small) < flops.count_macs(ga)
+
+
+def test_bad_init_is_a_user_error():
     g = zoo.build("resnet20", 10, (1, 8, 8))
     with pytest.raises(UserError, match="unknown Hinge init 'qr'"):
         hinge.attach(g, trained_like(g), "qr")

@@ -52,7 +52,7 @@ def test_dcff_end_to_end_export_and_resume(backend_name, tmp_path, capsys):
 def test_tf_and_torch_give_the_same_selections_and_fused_weights(backends, tmp_path):
     cfg = config.load_config(CONFIG)
     splits = common.load_data(cfg)
-    graph, groups = dcff.training_graph("resnet20", dcff.parse_rates(cfg.dcff.rates), 10, (1, 8, 8))
+    graph, groups = dcff.training_graph(zoo.build("resnet20", 10, (1, 8, 8)), dcff.parse_rates(cfg.dcff.rates))
     path = str(tmp_path / "fused.safetensors")
     checkpoint.save_checkpoint(path, graph, dcff.init_params(graph, groups, seed=0) | {
         k: v for k, v in trained_like(graph, seed=2).items() if not k.endswith(".fusion")})

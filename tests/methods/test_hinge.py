@@ -79,8 +79,7 @@ BAD = {
     "ratio 0": (["--config.hinge.ratio=0"], "hinge.ratio"),
     "ratio above 1": (["--config.hinge.ratio=1.5"], "hinge.ratio"),
     "unknown penalty": (["--config.hinge.penalty=l3"], "hinge.penalty"),
-    "architecture without a mapping": (["--config.model.name=resnet50"], "'resnet50' has no Hinge mapping"),
-    "p1 with one matrix family": (["--config.model.name=vgg16", "--config.hinge.lr_adjust=p1"], "two matrix families"),
+    "p1 with one matrix family": (["--config.model.source=vgg16", "--config.hinge.lr_adjust=p1"], "two matrix families"),
     "unknown lr adjustment": (["--config.hinge.lr_adjust=p2"], "hinge.lr_adjust"),
 }
 
