@@ -30,23 +30,6 @@ import torch
 FAMILIES = ("mobilenet_v2", "mobilenet_v3_small", "densenet121", "efficientnet_b0")
 
 
-def _torchvision():
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - a torchvision build whose compiled ops load
-    except (AttributeError, RuntimeError):
-        # the registry's CUDA torchvision beside a CPU torch: its classification models are pure Python
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(lib)
-    import torchvision.models
-
-    return torchvision.models
-
-
-_KEEP: list = []
-
-
 def _bisect(cost, limit: float, lo: float = 0.0, hi: float = 0.95, steps: int = 14) -> float:
     """Smallest ratio with ``cost(ratio) <= limit`` (the cost falls as the ratio grows)."""
     for _ in range(steps):
@@ -88,12 +71,13 @@ def main() -> None:
     import onnxruntime as ort
 
     from backends.torch import from_module
+    from backends.torch.compat import torchvision_models
     from compress_core.ir import flops
     from compress_core.ir.onnx_export import to_onnx
     from compress_core.surgery import l1_prune
     from methods.report import time_in_turns
 
-    models = _torchvision()
+    models = torchvision_models()
     shape = (3, a.size, a.size)
     print(f"ONNX Runtime (CPU), {shape[1]}x{shape[2]}, MAC target {a.target:.0%}, median of {a.repeats}, "
           f"contestants timed in turns; ratio = speedup / MAC reduction")

@@ -86,24 +86,8 @@ def close(a, b, tol=1e-4) -> float:
 
 @pytest.fixture(scope="session")
 def torchvision_models():
-    """``torchvision.models``, a test-only dependency (nothing is downloaded: random initialisation).
+    """``torchvision.models``, a test-only dependency (random initialisation: nothing is downloaded),
+    importable beside this torch even from a torchvision built for another (backends.torch.compat)."""
+    from backends.torch.compat import torchvision_models
 
-    The registry's torchvision wheel is a CUDA build whose compiled ops do not load beside the CPU
-    torch, and its import registers fake kernels for two of them: defining the two operators first
-    (their schemas only) lets the pure-Python classification models import and run.
-    """
-    import torch
-
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - a working torchvision build defines it
-    except (AttributeError, RuntimeError):
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(lib)
-    import torchvision.models
-
-    return torchvision.models
-
-
-_KEEP: list = []  # the operator library must outlive the fixture
+    return torchvision_models()

@@ -350,6 +350,10 @@ def load_module_source(source: str, input_shape: Sequence[int], weights: str = "
 
     _, path, name = source.split(":")
     try:
+        if path.split(".")[0] == "torchvision":  # a torchvision built for another torch (backends.torch.compat)
+            from backends.torch.compat import torchvision_models
+
+            torchvision_models()
         owner = importlib.import_module(path)
     except Exception as e:  # noqa: BLE001 - the user's package
         raise UserError(f"model.source {source}: cannot import {path} ({type(e).__name__}: "
