@@ -38,9 +38,10 @@ def _bisect(cost, limit: float, lo: float = 0.0, hi: float = 0.95, steps: int = 
     return hi
 
 
-def torch_pruning_l1(make, shape, target: float, round_to: int | None = None):
+def torch_pruning_l1(make, shape, target: float, round_to: int | None = None, ignored=()):
     """Torch-Pruning's L1 magnitude pruning at one uniform ratio reaching ``target`` of the MACs
-    (widths rounded to multiples of ``round_to``, its option)."""
+    (widths rounded to multiples of ``round_to``, its option; the outputs of the submodules named in
+    ``ignored`` left whole)."""
     import torch_pruning as tp
 
     example = torch.randn(1, *shape)
@@ -48,9 +49,10 @@ def torch_pruning_l1(make, shape, target: float, round_to: int | None = None):
 
     def pruned(ratio):
         model = make()
-        classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+        keep = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+        keep += [model.get_submodule(name) for name in ignored]
         pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, ignored_layers=classifier, round_to=round_to)
+                                           pruning_ratio=ratio, ignored_layers=keep, round_to=round_to)
         pruner.step()
         return model
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from compress_core.ir.checkpoint import check_params
 from compress_core.ir.graph import Graph, _pair
@@ -74,12 +75,15 @@ _FUNCTIONS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "hards
               "silu": F.silu, "sigmoid": torch.sigmoid}
 
 
-def _layer(graph: Graph, n, params: Mapping[str, np.ndarray]) -> nn.Module | None:
-    """The ``nn.Module`` of a parametric or stateful node, weights loaded; None for a function node."""
+def _layer(graph: Graph, n, params: Mapping[str, np.ndarray] | None = None) -> nn.Module | None:
+    """The ``nn.Module`` of a parametric or stateful node (weights from ``params`` when given: a DCFF fused
+    conv then becomes the plain conv it computes); None for a function node."""
     a, shapes = n.attrs, graph.shapes()
     cin = shapes[n.inputs[0]][0] if n.inputs else 0
     if n.op == "conv":
-        conv = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"], a["dilation"], a["groups"], a["bias"])
+        layer = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"], a["dilation"], a["groups"], a["bias"])
+        if params is None:
+            return layer
         w = np.asarray(params[f"{n.name}.weight"], np.float64)
         b = params.get(f"{n.name}.bias")
         if "fused_from" in a:  # DCFF's training form: the conv it computes
@@ -88,43 +92,57 @@ def _layer(graph: Graph, n, params: Mapping[str, np.ndarray]) -> nn.Module | Non
             b = None if b is None else f @ np.asarray(b, np.float64)
         state = {"weight": w} | ({"bias": b} if b is not None else {})
     elif n.op == "dense":
-        conv = nn.Linear(cin, a["out"], a["bias"])
-        state = {k: params[f"{n.name}.{k}"] for k in ("weight", "bias") if f"{n.name}.{k}" in params}
+        layer = nn.Linear(cin, a["out"], a["bias"])
     elif n.op == "diagonal":
-        conv = Diagonal(len(params[f"{n.name}.weight"]), a["out"], a["bias"])
-        state = {k: params[f"{n.name}.{k}"] for k in ("weight", "bias") if f"{n.name}.{k}" in params}
+        layer = Diagonal(min(cin, a["out"]), a["out"], a["bias"])
     elif n.op == "bn":
-        conv = (nn.BatchNorm2d if len(shapes[n.inputs[0]]) == 3 else nn.BatchNorm1d)(cin, a["eps"], a["momentum"])
-        state = {k: params[f"{n.name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
+        layer = (nn.BatchNorm2d if len(shapes[n.inputs[0]]) == 3 else nn.BatchNorm1d)(cin, a["eps"], a["momentum"])
     elif n.op == "select":
         return Select(a["src"], cin, a["stride"])
     elif n.op == "dropout":
         return nn.Dropout(float(a["p"])) if a.get("mode", "element") == "element" else StochasticDepth(a["p"])
     else:
         return None
-    with torch.no_grad():
-        for k, v in state.items():
-            getattr(conv, k).copy_(torch.as_tensor(np.asarray(v, np.float32)))
-    return conv
+    if params is not None:
+        if n.op != "conv":
+            state = {k: params[f"{n.name}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")
+                     if f"{n.name}.{k}" in params}
+        with torch.no_grad():
+            for k, v in state.items():
+                getattr(layer, k).copy_(torch.as_tensor(np.asarray(v, np.float32)))
+    return layer
 
 
-def to_module(graph: Graph, params: Mapping[str, np.ndarray]) -> fx.GraphModule:
-    """A plain ``torch.fx.GraphModule`` computing ``graph`` with ``params`` (module docstring), in eval mode."""
-    check_params(graph, params)
-    shapes = graph.shapes()
-    root: dict[str, nn.Module] = {}
+def _scale(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Graph op ``mul``: a per-channel ``[N, C]`` scale broadcast over an ``[N, C, H, W]`` map."""
+    if a.dim() == 4 and b.dim() == 2:
+        b = b[:, :, None, None]
+    elif b.dim() == 4 and a.dim() == 2:
+        a = a[:, :, None, None]
+    return a * b
+
+
+def trace(graph: Graph, target, taps=(), bn_batch_stats: bool = False, folded=frozenset()) -> fx.Graph:
+    """``graph`` as straight-line ``torch.fx`` code: the one code generator of the torch side (the backend's
+    training and inference passes and the exported module).
+
+    Stateful nodes call the submodule at ``target(node name)`` (built by :func:`_layer`); ``taps`` make the
+    output ``(logits, {tap: tensor})``; ``bn_batch_stats`` normalises with the batch's statistics in eval
+    mode (CDC scores a pruned net that way); a BN in ``folded`` is the identity (its conv already holds it)."""
     g = fx.Graph()
     v: dict[str, fx.Node] = {}
     for n in graph.nodes:
         a, op = n.attrs, n.op
         ins = [v[i] for i in n.inputs]
-        layer = _layer(graph, n, params)
         if op == "input":
             y = g.placeholder("x")
-        elif layer is not None:
-            # an attribute path (module names may not hold '.': the canonical name is the path)
-            root[n.name] = layer
-            y = g.call_module(n.name, (ins[0],))
+        elif n.name in folded:
+            y = ins[0]
+        elif op == "bn" and bn_batch_stats:
+            w, b = (g.get_attr(f"{target(n.name)}.{k}") for k in ("weight", "bias"))
+            y = g.call_function(F.batch_norm, (ins[0], None, None, w, b, True, 0.0, a["eps"]))
+        elif op in _LAYERS:
+            y = g.call_module(target(n.name), (ins[0],))
         elif op in _FUNCTIONS:
             y = g.call_function(_FUNCTIONS[op], (ins[0],))
         elif op == "add":
@@ -132,12 +150,7 @@ def to_module(graph: Graph, params: Mapping[str, np.ndarray]) -> fx.GraphModule:
             for other in ins[1:]:
                 y = g.call_function(torch.add, (y, other))
         elif op == "mul":
-            args = []
-            for node_in, t in zip(n.inputs, ins):
-                if len(shapes[node_in]) == 1 and max(len(shapes[i]) for i in n.inputs) == 3:
-                    t = g.call_method("view", (t, -1, shapes[node_in][0], 1, 1))
-                args.append(t)
-            y = g.call_function(torch.mul, tuple(args))
+            y = g.call_function(_scale, tuple(ins))
         elif op == "concat":
             y = g.call_function(torch.cat, (ins,), {"dim": 1})
         elif op == "gap":
@@ -151,10 +164,41 @@ def to_module(graph: Graph, params: Mapping[str, np.ndarray]) -> fx.GraphModule:
                                 {"ceil_mode": bool(a.get("ceil", False))})
         elif op == "avgpool":
             y = g.call_function(F.avg_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))))
-        else:  # pragma: no cover - every graph op is above
+        else:  # pragma: no cover - Graph validates ops
             raise NotImplementedError(op)
         v[n.name] = y
-    g.output(v[graph.output])
+    g.output((v[graph.output], {t: v[t] for t in taps}) if taps else v[graph.output])
+    return g
+
+
+_LAYERS = ("conv", "dense", "diagonal", "bn", "select", "dropout")
+
+
+def foldable_bns(graph: Graph) -> dict[str, str]:
+    """BN name -> the conv it folds into: each BN whose input is a conv read by nothing else."""
+    out = {}
+    for n in graph.of_op("bn"):
+        src = graph[n.inputs[0]]
+        if src.op == "conv" and len(graph.consumers(src.name)) == 1 and src.name != graph.output:
+            out[n.name] = src.name
+    return out
+
+
+def to_module(graph: Graph, params: Mapping[str, np.ndarray], fold_bn: bool = False) -> fx.GraphModule:
+    """A plain ``torch.fx.GraphModule`` computing ``graph`` with ``params`` (module docstring), in eval mode.
+    ``fold_bn``: each BN after a conv read only by it is folded into that conv (inference only: the module
+    then has no BN layer there and its ``state_dict`` no longer has the canonical keys of the folded BNs)."""
+    check_params(graph, params)
+    root: dict[str, nn.Module] = {}
+    for n in graph.nodes:
+        layer = _layer(graph, n, params)
+        if layer is not None:
+            # an attribute path (module names may not hold '.': the canonical name is the path)
+            root[n.name] = layer
+    folded = foldable_bns(graph) if fold_bn else {}
+    for bn, conv in folded.items():
+        root[conv] = fuse_conv_bn_eval(root[conv].eval(), root.pop(bn).eval())
+    g = trace(graph, str, folded=frozenset(folded))
     module = fx.GraphModule(root, g, class_name=_class_name(graph.arch))
     return module.eval()
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from backends.torch.export import Diagonal, Select, StochasticDepth
 from compress_core.errors import UserError
 from compress_core.ir.graph import Graph, Node
 
@@ -142,6 +143,18 @@ class _Importer:
             self.add(node, "dropout", [x], target, p=float(m.p), mode="element")
         elif isinstance(m, nn.Identity):
             self.names[node] = x
+        # the layers of our own exported modules (backends.torch.export), so an exported and then
+        # re-pruned (e.g. by another tool) module comes back
+        elif isinstance(m, Select):
+            cin = self.shape_of(x)[0]
+            self.add(node, "select", [x], target, src=tuple(int(j) if j < cin else -1 for j in m.src.tolist()),
+                     stride=int(m.stride))
+        elif isinstance(m, Diagonal):
+            self.add(node, "diagonal", [x], name, out=int(m.out), bias=m.bias is not None)
+            self.weight(f"{target}.weight", m.weight)
+            self.weight(f"{target}.bias", m.bias)
+        elif isinstance(m, StochasticDepth):
+            self.add(node, "dropout", [x], target, p=float(m.p), mode="row")
         else:
             self.fail(node, f"module {type(m).__name__} '{target}'")
 
@@ -259,6 +272,13 @@ class _Importer:
             self.fail(node, f"method 'Tensor.{name}'")
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with our exported layers as leaves (their forward is not graph ops)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Select | Diagonal | StochasticDepth) or super().is_leaf_module(m, qualname)
+
+
 def from_module(module: nn.Module, input_shape: Sequence[int], arch: str | None = None
                 ) -> tuple[Graph, dict[str, np.ndarray]]:
     """``(graph, params)`` of ``module`` (in eval mode) for inputs of ``input_shape`` ``(C, H, W)``.
@@ -283,7 +303,7 @@ def from_module(module: nn.Module, input_shape: Sequence[int], arch: str | None 
     if not isinstance(out, torch.Tensor):
         raise UserError(f"the model returns {type(out).__name__}, not one tensor of logits")
     try:
-        traced = fx.symbolic_trace(module)
+        traced = fx.GraphModule(module, _Tracer().trace(module))
     except Exception as e:  # noqa: BLE001 - tracing a user's model fails in many ways
         raise UserError(f"torch.fx cannot trace the model: {type(e).__name__}: {' '.join(str(e).split())[:200]}") \
             from None

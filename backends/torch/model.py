@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from backends.base import (
     Backend,
@@ -22,6 +22,7 @@ from backends.base import (
     check_lr_groups,
     pick,
 )
+from backends.torch.export import _layer, to_module, trace
 from compress_core.errors import UserError
 from compress_core.ir.checkpoint import check_params
 from compress_core.ir.graph import Graph
@@ -46,116 +47,55 @@ class FusedConv2d(nn.Conv2d):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
 
 
-class Diagonal(nn.Module):
-    """Graph op ``diagonal``: ``y_j = weight_j x_j (+ bias_j)`` for ``j < min(in, out)``, ``0 (+ bias_j)`` beyond."""
-
-    def __init__(self, cin: int, out: int, bias: bool):
-        super().__init__()
-        self.out = out
-        self.weight = nn.Parameter(torch.ones(min(cin, out)))
-        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
-
-    def forward(self, x):
-        y = x[:, :self.weight.shape[0]] * self.weight
-        if self.out > y.shape[1]:
-            y = F.pad(y, (0, self.out - y.shape[1]))
-        return y if self.bias is None else y + self.bias
-
-
-_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
-                "silu": F.silu, "sigmoid": torch.sigmoid}
-
-
-def _dropout(x: torch.Tensor, p: float, mode: str) -> torch.Tensor:
-    """Training-mode dropout: elementwise, or ``row`` (stochastic depth: one draw per sample)."""
-    if p <= 0.0:
-        return x
-    if mode == "element":
-        return F.dropout(x, p, True)
-    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
-    return x * keep / (1 - p)
-
-
 class GraphModule(nn.Module):
-    """An ``nn.Module`` that runs the nodes of a graph in order."""
+    """The backend's module: the graph's layers (``layers[<name with '.' as '__'>]``) and, per kind of pass,
+    straight-line ``torch.fx`` code over them (:func:`backends.torch.export.trace`: no per-node Python loop,
+    every intermediate tensor released after its last reader). ``forward(x, taps, bn_batch_stats)`` returns
+    ``(logits, {tap: tensor})``; train/eval mode is the layers' own (BN statistics, dropout)."""
 
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph
-        shapes = graph.shapes()
+        cin = {n.name: graph.in_channels(n.name) for n in graph.nodes if n.inputs}
         layers = {}
         for n in graph.nodes:
-            a = n.attrs
-            cin = shapes[n.inputs[0]][0] if n.inputs else None
-            if n.op == "conv" and "fused_from" in a:
-                layers[_key(n.name)] = FusedConv2d(cin, a)
-            elif n.op == "conv":
-                layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"],
-                                                 a["dilation"], a["groups"], a["bias"])
-            elif n.op == "dense":
-                layers[_key(n.name)] = nn.Linear(cin, a["out"], a["bias"])
-            elif n.op == "diagonal":
-                layers[_key(n.name)] = Diagonal(cin, a["out"], a["bias"])
-            elif n.op == "bn":
-                cls = nn.BatchNorm2d if len(shapes[n.inputs[0]]) == 3 else nn.BatchNorm1d
-                layers[_key(n.name)] = cls(cin, eps=a["eps"], momentum=a["momentum"])
-            elif n.op == "select":
-                src = torch.tensor([j if j >= 0 else cin for j in a["src"]], dtype=torch.long)
-                self.register_buffer(f"_src_{_key(n.name)}", src, persistent=False)
+            if n.op == "conv" and "fused_from" in n.attrs:
+                layers[_key(n.name)] = FusedConv2d(cin[n.name], n.attrs)
+            elif (layer := _layer(graph, n)) is not None:
+                layers[_key(n.name)] = layer
         self.layers = nn.ModuleDict(layers)
+        self._programs: dict[tuple, fx.GraphModule] = {}  # a plain dict: not registered as submodules
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] = (), bn_batch_stats: bool = False):
-        values = {"input": x}
-        for n in self.graph.nodes[1:]:
-            ins = [values[i] for i in n.inputs]
-            a = n.attrs
-            if n.op in ("conv", "dense", "diagonal"):
-                y = self.layers[_key(n.name)](ins[0])
-            elif n.op == "bn":
-                m = self.layers[_key(n.name)]
-                if bn_batch_stats and not self.training:
-                    y = F.batch_norm(ins[0], None, None, m.weight, m.bias, True, 0.0, m.eps)
-                else:
-                    y = m(ins[0])
-            elif n.op in _ACTIVATIONS:
-                y = _ACTIVATIONS[n.op](ins[0])
-            elif n.op == "mul":
-                a_, b_ = ins
-                if a_.dim() == 4 and b_.dim() == 2:
-                    b_ = b_[:, :, None, None]
-                elif b_.dim() == 4 and a_.dim() == 2:
-                    a_ = a_[:, :, None, None]
-                y = a_ * b_
-            elif n.op == "dropout":
-                y = _dropout(ins[0], a["p"], a.get("mode", "element")) if self.training else ins[0]
-            elif n.op == "adaptive_avgpool":
-                y = F.adaptive_avg_pool2d(ins[0], tuple(a["out"]))
-            elif n.op == "add":
-                y = ins[0]
-                for other in ins[1:]:
-                    y = y + other
-            elif n.op == "concat":
-                y = torch.cat(ins, dim=1)
-            elif n.op == "gap":
-                y = ins[0].mean(dim=(2, 3), keepdim=bool(a.get("keep", False)))
-            elif n.op == "flatten":
-                y = torch.flatten(ins[0], 1)
-            elif n.op == "maxpool":
-                y = F.max_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0), ceil_mode=bool(a.get("ceil", False)))
-            elif n.op == "avgpool":
-                y = F.avg_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
-            elif n.op == "select":
-                s = int(a["stride"])
-                z = ins[0][:, :, ::s, ::s]
-                z = torch.cat([z, z.new_zeros((z.shape[0], 1) + z.shape[2:])], dim=1)
-                y = z.index_select(1, getattr(self, f"_src_{_key(n.name)}"))
-            values[n.name] = y
-        return values[self.graph.output], {t: values[t] for t in taps}
+        key = (tuple(taps), bool(bn_batch_stats))
+        program = self._programs.get(key)
+        if program is None:
+            g = trace(self.graph, lambda name: f"layers.{_key(name)}", key[0], bn_batch_stats)
+            program = self._programs[key] = fx.GraphModule(self, g)
+        return program(x) if taps else (program(x), {})
 
 
 class TorchModel(Model):
     def __init__(self, graph: Graph, module: GraphModule, device: torch.device):
         self.graph, self.module, self.device = graph, module, device
+        # running statistics are written by the batch-norm kernel without a version bump; the step
+        # counter beside them is bumped on every such write
+        self._live = list(_tensors(module).values()) + [m.num_batches_tracked for m in module.modules()
+                                                          if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._inference: tuple[tuple[int, ...], nn.Module] | None = None
+
+    @property
+    def inference(self) -> nn.Module:
+        """The inference pass: :func:`backends.torch.export.to_module` of the current weights with each
+        BatchNorm folded into its conv, in channels-last memory format (ResNet-56 on a 2-core CPU, batch 32:
+        the interpreted pass 196 ms, straight-line code 132, + BN folding 115, + channels-last 74). Rebuilt
+        when any weight or BN statistic changed since (in-place writes bump a tensor's version)."""
+        versions = tuple(t._version for t in self._live)
+        if self._inference is None or self._inference[0] != versions:
+            params = {k: t.detach().cpu().numpy() for k, t in _tensors(self.module).items()}
+            module = to_module(self.graph, params, fold_bn=True).to(self.device, memory_format=torch.channels_last)
+            self._inference = (versions, module)
+        return self._inference[1]
 
 
 def _tensors(module: GraphModule) -> dict[str, torch.Tensor]:
@@ -288,8 +228,12 @@ class TorchBackend(Backend):
     def forward(self, model, x, taps=(), bn_batch_stats=False):
         model.module.eval()
         with torch.no_grad():
-            logits, acts = model.module(torch.as_tensor(np.asarray(x, np.float32), device=model.device),
-                                        taps, bn_batch_stats)
+            x = torch.as_tensor(np.asarray(x, np.float32), device=model.device)
+            if not taps and not bn_batch_stats:
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                return model.inference(x).cpu().numpy(), {}
+            logits, acts = model.module(x, taps, bn_batch_stats)
         return logits.cpu().numpy(), {k: v.cpu().numpy() for k, v in acts.items()}
 
     def spatial_sums(self, model, x, taps, bn_batch_stats=False):

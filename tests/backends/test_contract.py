@@ -91,6 +91,26 @@ def test_training_updates_running_statistics_like_pytorch(backend, batch):
     np.testing.assert_allclose(got["bn1.running_var"], want_var, rtol=1e-5, atol=1e-6)
 
 
+def test_inference_follows_every_change_of_weights_and_statistics(backend, batch):
+    """The inference pass (torch: a BN-folded copy of the weights, rebuilt on change) never runs on
+    stale weights: after set_weights, a training step and a step that only moves BN statistics."""
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    x, y = batch
+    backend.forward(model, x)
+    changes = [lambda: backend.set_weights(model, trained_like(g, seed=1)),
+               lambda: backend.trainer(model, LossSpec()).step(x, y, lr=0.1),
+               lambda: backend.trainer(model, LossSpec()).step(x, y, lr=0.0)]
+    for change in changes:
+        before = backend.forward(model, x)[0]
+        change()
+        now = backend.get_weights(model)
+        logits = backend.forward(model, x)[0]
+        assert close(oracle.forward(g, now, x)["out"], logits) < 1e-5
+        assert close(before, logits) > 1e-4  # each change moved the logits
+
+
 def test_optimizer_state_round_trip_resumes_identically(backend, batch):
     g = tiny_graph()
     params = trained_like(g)

@@ -122,6 +122,32 @@ def test_exported_torch_module_is_plain_scriptable_and_equal(torchvision_models,
         assert close(want, loaded(x)) < 1e-5 and close(module(x[:1]), loaded(x[:1])) < 1e-5  # any batch size
 
 
+def test_exported_module_with_selects_and_diagonals_imports_back(backends):
+    """Our own exported layers (option-A shortcut selection, diagonal head) are importable again, as
+    they are when another tool has re-pruned an exported module: the same graph, the same logits."""
+    from backends.torch import from_module
+    from backends.torch.export import to_module
+    from compress_core.ir import zoo
+    from compress_core.ir.init import init_params
+    from compress_core.recipes.decompose import apply, diagonal_dense
+
+    graph = zoo.build("resnet20", 10, (1, 8, 8))
+    params = init_params(graph, 0)
+    graph, params = apply(graph, params, [diagonal_dense(graph, params, "fc")])
+    assert graph.of_op("select") and graph.of_op("diagonal")
+    back, back_params = from_module(to_module(graph, params), (1, 8, 8))
+
+    def wiring(g):  # function nodes are named by fx on the way back: compare positions
+        at = {n.name: i for i, n in enumerate(g.nodes)}
+        return [(n.op, [at[i] for i in n.inputs]) for n in g.nodes]
+
+    assert wiring(back) == wiring(graph)
+    assert [n.attrs for n in back.of_op("select")] == [n.attrs for n in graph.of_op("select")]
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    want = backends["torch"].forward(backends["torch"].build(graph, params), x)[0]
+    assert close(want, backends["torch"].forward(backends["torch"].build(back, back_params), x)[0]) < 1e-5
+
+
 class _Unsupported(torch.nn.Module):
     def __init__(self):
         super().__init__()

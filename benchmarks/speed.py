@@ -1,0 +1,290 @@
+"""The speed judge: does a compressed network run faster in proportion to the MACs it saves?
+
+One run times, per architecture and MAC target, the original network and the compressed
+network of every method, on every runtime we ship, and prints the ratio
+
+    real speedup / MAC reduction = (original ms / compressed ms) / (original MACs / compressed MACs)
+
+(1.0: every saved MAC is saved time). Random weights (which channels a criterion keeps does
+not change the time; the *shape* of its network does), each method's own network form:
+
+* ``CDC``: the reference form (``cdc.stream=select``, any widths: every block reads its share
+  of the whole residual stream through a channel selection) and the fast plan
+  (``cdc.stream=group`` and ``cdc.multiple``: the stream cut as one channel group, widths
+  rounded);
+* ``Hinge``: the block-internal channels only (the residual stream stays whole, as the
+  sparsity-inducing matrices sit inside the blocks; every conv of a plain network);
+* ``DCFF``: the compact network of one uniform rate bisected to the target (residual-tied
+  convs share their keep set, so the stream is cut);
+* ``L1``: the channel-group layer's L1-norm baseline (``compress_core.surgery.l1_prune``),
+  widths rounded like the fast plan;
+* ``Tucker-2``: every 3x3 conv as 1x1-kxk-1x1 at one rank fraction bisected to the target
+  (the ranks VBMF picks differ per layer; the structure is the same);
+* ``KSE``: the shared-kernel form at G=4 (its MACs are what G gives, not the target);
+* ``TP L1``: Torch-Pruning's L1 magnitude pruning at one uniform ratio bisected to the same
+  MAC target, ``round_to`` the same multiple (benchmark-only dependency; its row is left out
+  when it is not installed). TP cannot trace the zoo ResNet-56's option-A shortcut (a channel
+  selection), so there the convs writing the residual stream are declared ignored: TP cuts the
+  block-internal channels, as the Hinge form does.
+
+Runtimes: ``torch`` (the backend's ``forward``: straight-line fx code, BatchNorm folded,
+channels-last), ``tf`` (the TF backend's session) and ``ort`` (ONNX Runtime on the file of
+``compress_core.ir.onnx_export``). Per runtime and batch every network is timed in turns
+(median of ``--repeats``) so machine load weighs on all alike.
+
+    python benchmarks/speed.py                                  # the README table (about 30 min)
+    python benchmarks/speed.py --archs resnet56 --runtimes ort --repeats 5   # one quick cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from compress_core.ir import flops, zoo
+from compress_core.ir.graph import _pair
+from compress_core.ir.init import init_params
+from compress_core.surgery import channel_groups, l1_prune
+from compress_core.surgery.plan import bisect_ratio
+
+ARCHS = {"resnet56": (3, 32, 32), "vgg16": (3, 32, 32), "resnet50": (3, 224, 224), "mobilenetv2": (3, 224, 224)}
+BATCH = {(3, 32, 32): 64, (3, 224, 224): 16}  # the throughput batch per input size
+TORCHVISION = {"resnet50": "resnet50", "mobilenetv2": "mobilenet_v2"}
+
+
+def original(arch: str, shape):
+    """The network at random weights: CIFAR nets from the zoo; ImageNet ones imported from torchvision
+    (what a user brings), so Torch-Pruning prunes the very same module."""
+    if arch in TORCHVISION:
+        import torch
+
+        from backends.torch import from_module
+        from backends.torch.compat import torchvision_models
+        torch.manual_seed(0)
+        module = getattr(torchvision_models(), TORCHVISION[arch])(weights=None).eval()
+        return from_module(module, shape)
+    g = zoo.build(arch, 10 if shape[1] == 32 else 1000, shape)
+    return g, init_params(g, 0)
+
+
+def cdc_form(g, p, target: float, stream: str, multiple: int):
+    from compress_core.recipes import cdc
+    points = cdc.mask_points(g)
+    ratio = cdc.ratio_for_macs(g, points, target, 1, multiple, stream)
+    counts = cdc.uniform_counts(points, ratio, 1, multiple)
+    keeps = cdc.select_top(points, [np.zeros(pt.width) for pt in points], counts, stream)
+    return cdc.apply(g, p, points, keeps, stream)
+
+
+def hinge_form(g, p, target: float):
+    inner = [gr.id for gr in channel_groups(g) if gr.cuttable and len(gr.producers) == 1
+             and not any(m.kind == "select_out" for m in gr.members)]
+    return l1_prune(g, p, only=inner, mac_target=target)
+
+
+def dcff_form(g, p, target: float):
+    from compress_core.recipes import dcff
+
+    def compact(rate):
+        graph, groups = dcff.training_graph(g, [rate])
+        return dcff.export(graph, dcff.init_params(graph, groups))
+
+    base = flops.count_macs(g)
+    rate = bisect_ratio(lambda r: flops.count_macs(compact(min(r, 0.99))[0]), target * base, "DCFF target", 1e-3)
+    return compact(min(rate, 0.99))
+
+
+def tucker2_form(g, p, target: float):
+    from compress_core.recipes import decompose
+    convs = [n for n in g.of_op("conv") if max(_pair(n.attrs["k"])) > 1
+             and n.attrs["groups"] == 1 and min(n.attrs["out"], g.in_channels(n.name)) >= 8]
+
+    def ranks(f):
+        return {n.name: (max(1, round(f * n.attrs["out"])), max(1, round(f * g.in_channels(n.name)))) for n in convs}
+
+    def shaped(f):  # the structure only: the cost is the graph's, weights are filled in once at the end
+        reps = [decompose.tucker2_conv(g, p, n.name, r, n_iter_max=1) for n in convs for r in [ranks(f)[n.name]]]
+        return decompose.apply(g, p, reps)
+
+    base = flops.count_macs(g)
+    f = 1.0 - bisect_ratio(lambda r: flops.count_macs(shaped(1.0 - r)[0]), target * base, "Tucker-2 target", 2e-2)
+    return shaped(f)
+
+
+def kse_form(g, p):
+    import re
+
+    from compress_core.criteria.kse import kse_indicator
+    from compress_core.recipes import kse
+    codes = {n.name: kse.cluster_layer(p[f"{n.name}.weight"], kse_indicator(p[f"{n.name}.weight"], 4).num_centroids)
+             for n in g.of_op("conv") if re.fullmatch(r"layer\d+\.\d+\.conv\d", n.name)}
+    dense, dp, dcodes = kse.compress(g, p, codes)
+    return kse.shared_form(dense, dp, dcodes)
+
+
+def tp_form(arch: str, g, p, shape, target: float, multiple: int):
+    # a sibling script (benchmarks/ is on the path)
+    from import_prune_latency import torch_pruning_l1
+
+    from backends.torch import from_module
+    from backends.torch.export import to_module
+
+    if arch in TORCHVISION:
+        import torch
+
+        from backends.torch.compat import torchvision_models
+
+        def make():
+            torch.manual_seed(0)
+            return getattr(torchvision_models(), TORCHVISION[arch])(weights=None).eval()
+        ignored = ()
+    else:
+        def make():
+            return to_module(g, p)
+        # TP cannot trace a channel selection (the option-A shortcut): the convs writing a stream a
+        # selection reads keep their outputs, as a TP user would have to declare
+        ignored = [m.node for gr in channel_groups(g) if any(m.kind.startswith("select") for m in gr.members)
+                   for m in gr.of_kind("out")]
+    return from_module(torch_pruning_l1(make, shape, target, multiple, ignored), shape)
+
+
+def networks(arch: str, shape, target: float, multiple: int, tp: bool) -> dict:
+    """``{label: (graph, params)}`` for one architecture and MAC target."""
+    g, p = original(arch, shape)
+    out = {"original": (g, p)}
+    builders = {
+        "CDC select": lambda: cdc_form(g, p, target, "select", 1),
+        f"CDC group x{multiple}": lambda: cdc_form(g, p, target, "group", multiple),
+        "Hinge": lambda: hinge_form(g, p, target),
+        "DCFF": lambda: dcff_form(g, p, target),
+        f"L1 x{multiple}": lambda: l1_prune(g, p, mac_target=target, multiple=multiple),
+        "Tucker-2": lambda: tucker2_form(g, p, target),
+    }
+    if arch in ("resnet56",):
+        builders["KSE G=4"] = lambda: kse_form(g, p)
+    if tp:
+        builders[f"TP L1 x{multiple}"] = lambda: tp_form(arch, g, p, shape, target, multiple)
+    for label, build in builders.items():
+        start = time.perf_counter()
+        try:
+            out[label] = build()
+        except Exception as e:  # noqa: BLE001 - a form that does not apply to this architecture is a row left out, said
+            print(f"  ({arch}: {label} left out: {type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            continue
+        print(f"  ({arch}: {label} built in {time.perf_counter() - start:.1f} s)", flush=True)
+    return out
+
+
+def timers(runtime: str, nets: dict, threads: int | None):
+    """One forward-pass callable per network (input bound later) for ``runtime``."""
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        from compress_core.ir.onnx_export import to_onnx
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        sessions = [ort.InferenceSession(to_onnx(g, p).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                    for g, p in nets.values()]
+        return [lambda x, s=s: s.run(None, {"input": x}) for s in sessions]
+    from backends.base import get_backend
+    backend = get_backend(runtime)
+    models = [backend.build(g, p) for g, p in nets.values()]
+    return [lambda x, m=m: backend.forward(m, x) for m in models]
+
+
+def conv_ms(graph, batch: int, repeats: int) -> dict[str, tuple[float, int]]:
+    """``{conv: (ms, MACs)}``: every conv of ``graph`` timed alone in torch (channels-last, as the backend
+    runs it) on an input of its shape, the convs in turns."""
+    import torch
+    import torch.nn.functional as F
+
+    from methods.report import time_in_turns
+    shapes, macs = graph.shapes(), {c.name: c.macs for c in flops.layer_costs(graph)}
+    calls, names = [], []
+    for n in graph.of_op("conv"):
+        a, cin = n.attrs, graph.in_channels(n.name)
+        x = torch.randn(batch, *shapes[n.inputs[0]]).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(a["out"], cin // a["groups"], *_pair(a["k"])).contiguous(memory_format=torch.channels_last)
+        pad = a["pad"] if len(_pair(a["pad"])) == 2 else 0
+
+        def call(x=x, w=w, a=a, pad=pad):
+            with torch.no_grad():
+                F.conv2d(x, w, None, a["stride"], pad, a["dilation"], a["groups"])
+        calls.append(call)
+        names.append(n.name)
+    return {k: (t, macs[k]) for k, t in zip(names, time_in_turns(calls, repeats))}
+
+
+def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int) -> None:
+    """Where ``label``'s time goes against the original's, conv by conv (the ten biggest shortfalls:
+    time spent beyond what the layer's MAC reduction would give)."""
+    base, ours = conv_ms(nets["original"][0], batch, repeats), conv_ms(nets[label][0], batch, repeats)
+    rows = []
+    for k, (t, m) in ours.items():
+        t0, m0 = base.get(k, (None, None))
+        expected = t0 * m / m0 if t0 else None
+        rows.append((t - expected if expected is not None else 0.0, k, t0, m0, t, m))
+    total0 = sum(t for t, _ in base.values())
+    total = sum(t for t, _ in ours.values())
+    print(f"\n{arch} {label}, batch {batch}: convs alone {total0:.2f} -> {total:.2f} ms "
+          f"(x{total0 / total:.2f} faster for x{sum(m for _, m in base.values()) / sum(m for _, m in ours.values()):.2f} "
+          f"fewer conv MACs); the ten biggest shortfalls:")
+    print(f"{'conv':<28}{'ms':>8}{'MMACs':>8}{'-> ms':>8}{'MMACs':>8}{'speedup':>9}{'MAC red.':>9}")
+    for _, k, t0, m0, t, m in sorted(rows, reverse=True)[:10]:
+        if t0 is None:
+            print(f"{k:<28}{'':>16}{t:>8.3f}{m / 1e6:>8.2f}")
+            continue
+        print(f"{k:<28}{t0:>8.3f}{m0 / 1e6:>8.2f}{t:>8.3f}{m / 1e6:>8.2f}{t0 / t:>9.2f}{m0 / m:>9.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25])
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "tf", "ort"], choices=["torch", "tf", "ort"])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--multiple", type=int, default=8, help="width multiple of the fast plans (and TP's round_to)")
+    ap.add_argument("--no-tp", action="store_true", help="leave out the Torch-Pruning reference rows")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
+                    help="also time the convs of these networks (labels as printed) one by one against the original's")
+    a = ap.parse_args()
+    from methods.report import time_in_turns
+
+    print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
+          f"batch 1 and the throughput batch ({', '.join(f'{s[1]}x{s[2]}: {b}' for s, b in BATCH.items())})")
+    head = f"{'arch':<12}{'target':>7}  {'network':<15}{'MACs %':>7}"
+    for r in a.runtimes:
+        head += f"{r + ' ms@1':>12}{'ms@N':>9}{'ratio':>7}"
+    lines = [head, "-" * len(head)]
+    for arch in a.archs:
+        shape = ARCHS[arch]
+        for target in a.targets:
+            nets = networks(arch, shape, target, a.multiple, not a.no_tp)
+            macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
+            ms = {}
+            for runtime in a.runtimes:
+                calls = timers(runtime, nets, a.threads)
+                for b in (1, BATCH[shape]):
+                    x = np.random.default_rng(0).normal(size=(b, *shape)).astype(np.float32)
+                    ms[runtime, b] = dict(zip(nets, time_in_turns([lambda c=c, x=x: c(x) for c in calls], a.repeats)))
+                del calls
+            for k in nets:
+                row = f"{arch:<12}{target:>7.2f}  {k:<15}{100 * macs[k] / macs['original']:>7.1f}"
+                for r in a.runtimes:
+                    one, many = ms[r, 1][k], ms[r, BATCH[shape]][k]
+                    ratio = (ms[r, BATCH[shape]]["original"] / many) / (macs["original"] / macs[k])
+                    row += f"{one:>12.2f}{many:>9.2f}{ratio if k != 'original' else 1.0:>7.2f}"
+                lines.append(row)
+                print(row, flush=True)
+            for label in a.layers:
+                if label in nets:
+                    per_layer(arch, nets, label, BATCH[shape], a.repeats)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
