@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from backends.torch.model import torch_padding
 from compress_core.ir.checkpoint import check_params
 from compress_core.ir.graph import Graph, _pair
 
@@ -79,7 +80,8 @@ def _layer(graph: Graph, n, params: Mapping[str, np.ndarray]) -> nn.Module | Non
     a, shapes = n.attrs, graph.shapes()
     cin = shapes[n.inputs[0]][0] if n.inputs else 0
     if n.op == "conv":
-        conv = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"], a["dilation"], a["groups"], a["bias"])
+        conv = nn.Conv2d(cin, a["out"], a["k"], a["stride"], torch_padding(a)[0], a["dilation"], a["groups"],
+                         a["bias"])
         w = np.asarray(params[f"{n.name}.weight"], np.float64)
         b = params.get(f"{n.name}.bias")
         if "fused_from" in a:  # DCFF's training form: the conv it computes
@@ -119,6 +121,9 @@ def to_module(graph: Graph, params: Mapping[str, np.ndarray]) -> fx.GraphModule:
         a, op = n.attrs, n.op
         ins = [v[i] for i in n.inputs]
         layer = _layer(graph, n, params)
+        if op in ("conv", "maxpool", "avgpool") and torch_padding(a)[1] is not None:  # asymmetric: pad first
+            ins[0] = g.call_function(F.pad, (ins[0], torch_padding(a)[1]),
+                                     {"value": -float("inf") if op == "maxpool" else 0.0})
         if op == "input":
             y = g.placeholder("x")
         elif layer is not None:
@@ -147,10 +152,10 @@ def to_module(graph: Graph, params: Mapping[str, np.ndarray]) -> fx.GraphModule:
         elif op == "flatten":
             y = g.call_function(torch.flatten, (ins[0], 1))
         elif op == "maxpool":
-            y = g.call_function(F.max_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))),
+            y = g.call_function(F.max_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), torch_padding(a)[0]),
                                 {"ceil_mode": bool(a.get("ceil", False))})
         elif op == "avgpool":
-            y = g.call_function(F.avg_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))))
+            y = g.call_function(F.avg_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), torch_padding(a)[0]))
         else:  # pragma: no cover - every graph op is above
             raise NotImplementedError(op)
         v[n.name] = y

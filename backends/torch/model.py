@@ -24,7 +24,7 @@ from backends.base import (
 )
 from compress_core.errors import UserError
 from compress_core.ir.checkpoint import check_params
-from compress_core.ir.graph import Graph
+from compress_core.ir.graph import Graph, pads
 from compress_core.ir.init import init_params
 
 
@@ -33,11 +33,21 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def torch_padding(attrs) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """A conv's or pool's ``pad`` as torch takes it: the layer's symmetric ``padding``, and the
+    ``F.pad`` widths ``(left, right, top, bottom)`` to apply first when the pad is asymmetric
+    (torch layers pad symmetrically only), else None."""
+    t, left, b, r = pads(attrs)
+    if (t, left) == (b, r):
+        return (t, left), None
+    return (0, 0), (left, r, t, b)
+
+
 class FusedConv2d(nn.Conv2d):
     """A DCFF fused conv: ``n`` raw filters, a ``fusion [out, n]`` buffer, a conv with ``fusion @ weight``."""
 
     def __init__(self, cin: int, a):
-        super().__init__(cin, a["fused_from"], a["k"], a["stride"], a["pad"], a["dilation"], 1, a["bias"])
+        super().__init__(cin, a["fused_from"], a["k"], a["stride"], torch_padding(a)[0], a["dilation"], 1, a["bias"])
         self.register_buffer("fusion", torch.zeros(a["out"], a["fused_from"]))
 
     def forward(self, x):
@@ -84,13 +94,16 @@ class GraphModule(nn.Module):
         self.graph = graph
         shapes = graph.shapes()
         layers = {}
+        self.pre_pad: dict[str, tuple[int, int, int, int]] = {}  # node -> F.pad widths (asymmetric pads)
         for n in graph.nodes:
             a = n.attrs
             cin = shapes[n.inputs[0]][0] if n.inputs else None
+            if n.op in ("conv", "maxpool", "avgpool") and torch_padding(a)[1] is not None:
+                self.pre_pad[n.name] = torch_padding(a)[1]
             if n.op == "conv" and "fused_from" in a:
                 layers[_key(n.name)] = FusedConv2d(cin, a)
             elif n.op == "conv":
-                layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"],
+                layers[_key(n.name)] = nn.Conv2d(cin, a["out"], a["k"], a["stride"], torch_padding(a)[0],
                                                  a["dilation"], a["groups"], a["bias"])
             elif n.op == "dense":
                 layers[_key(n.name)] = nn.Linear(cin, a["out"], a["bias"])
@@ -109,6 +122,8 @@ class GraphModule(nn.Module):
         for n in self.graph.nodes[1:]:
             ins = [values[i] for i in n.inputs]
             a = n.attrs
+            if n.name in self.pre_pad:  # -inf never wins a max (as a max-pool's own padding)
+                ins[0] = F.pad(ins[0], self.pre_pad[n.name], value=-float("inf") if n.op == "maxpool" else 0.0)
             if n.op in ("conv", "dense", "diagonal"):
                 y = self.layers[_key(n.name)](ins[0])
             elif n.op == "bn":
@@ -141,9 +156,10 @@ class GraphModule(nn.Module):
             elif n.op == "flatten":
                 y = torch.flatten(ins[0], 1)
             elif n.op == "maxpool":
-                y = F.max_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0), ceil_mode=bool(a.get("ceil", False)))
+                y = F.max_pool2d(ins[0], a["k"], a["stride"], torch_padding(a)[0],
+                                 ceil_mode=bool(a.get("ceil", False)))
             elif n.op == "avgpool":
-                y = F.avg_pool2d(ins[0], a["k"], a["stride"], a.get("pad", 0))
+                y = F.avg_pool2d(ins[0], a["k"], a["stride"], torch_padding(a)[0])
             elif n.op == "select":
                 s = int(a["stride"])
                 z = ins[0][:, :, ::s, ::s]
