@@ -247,6 +247,17 @@ class Graph:
         return Graph(nodes=list(nodes), **kw)
 
 
+def drop_unused(graph: Graph) -> Graph:
+    """The graph without nodes nothing reads on the way to its output (training-only branches, the
+    leftovers of an importer's rewrites)."""
+    needed, keep = {graph.output}, []
+    for n in reversed(graph.nodes):
+        if n.name in needed or n.op == "input":
+            keep.append(n)
+            needed.update(n.inputs)
+    return graph.replace(keep[::-1])
+
+
 def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False, p_end: int | None = None) -> int:
     if not ceil:
         return (size + p + (p if p_end is None else p_end) - d * (k - 1) - 1) // s + 1
