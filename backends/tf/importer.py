@@ -20,8 +20,8 @@ dense weights, NCHW maps), and the result computes the same logits as the Tensor
   softmax, its predictions their argmax). A softmax anywhere else is an error.
 
 Keras layers keep their names (``conv1_conv.weight``, ``conv1_bn.running_var``, ...); a
-``SeparableConv2D`` ``s`` becomes the depthwise conv ``s_depthwise`` and the 1x1 conv ``s``;
-an ``activation=`` argument becomes a node ``<layer>_<activation>``. In a TF1 graph a conv,
+``SeparableConv2D`` ``s`` becomes the depthwise conv ``s.depthwise`` and the 1x1 conv ``s``;
+an ``activation=`` argument becomes a node ``<layer>.<activation>``. In a TF1 graph a conv,
 dense or BatchNorm node is named after the scope of its weight variable (``conv1/weights`` ->
 ``conv1``, with ``/`` written ``.``), other nodes after their op.
 
@@ -38,7 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import BN_MOMENTUM, Graph, Node, drop_unused, pad_attr
+from compress_core.ir.graph import (
+    BN_MOMENTUM,
+    Graph,
+    Node,
+    drop_unused,
+    fresh_name,
+    pad_attr,
+)
 
 # ops whose output is never negative: a zero padding before a max-pool of them cannot win the max
 _NONNEGATIVE = ("relu", "relu6", "sigmoid", "hardsigmoid")
@@ -97,11 +104,7 @@ class _Builder:
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(name, self.taken)
 
     def add(self, op: str, name: str, inputs: Sequence[str], **attrs) -> str:
         name = self.unique(name)
@@ -389,7 +392,7 @@ class _KerasImporter:
                     y = b.conv(name, kind, v, dw, _np(layer.bias) if layer.use_bias else None, layer.strides,
                                layer.padding, layer.dilation_rate, c)
                 else:
-                    y = b.conv(f"{name}_depthwise", kind, v, dw, None, layer.strides, layer.padding,
+                    y = b.conv(f"{name}.depthwise", kind, v, dw, None, layer.strides, layer.padding,
                                layer.dilation_rate, c)
                     y = b.conv(name, kind, _Value(y), _np(layer.pointwise_kernel).transpose(3, 2, 0, 1),
                                _np(layer.bias) if layer.use_bias else None, 1, "valid")
@@ -399,10 +402,10 @@ class _KerasImporter:
                 y = b.conv(name, kind, v, _np(layer.kernel).transpose(3, 2, 0, 1),
                            _np(layer.bias) if layer.use_bias else None, layer.strides, layer.padding,
                            layer.dilation_rate, int(layer.groups))
-            return [self.activation(layer, _Value(y), layer.activation, f"{name}_{layer.activation.__name__}")]
+            return [self.activation(layer, _Value(y), layer.activation, f"{name}.{layer.activation.__name__}")]
         if isinstance(layer, L.Dense):
             y = b.dense(name, kind, v, _np(layer.kernel).T, _np(layer.bias) if layer.use_bias else None)
-            return [self.activation(layer, _Value(y), layer.activation, f"{name}_{layer.activation.__name__}")]
+            return [self.activation(layer, _Value(y), layer.activation, f"{name}.{layer.activation.__name__}")]
         if isinstance(layer, L.BatchNormalization):
             axis = layer.axis if isinstance(layer.axis, int) else (list(layer.axis) + [None])[0]
             rank = len(b.shape(v.node))
@@ -439,7 +442,7 @@ class _KerasImporter:
             x = b.plain(v, name, kind)
             _, h, w = b.shape(x)
             y = b.add("maxpool", name, [x], k=(h, w), stride=(h, w), pad=(0, 0))
-            return [_Value(y) if layer.keepdims else b.flatten(f"{name}_flatten", kind, _Value(y))]
+            return [_Value(y) if layer.keepdims else b.flatten(f"{name}.flatten", kind, _Value(y))]
         if isinstance(layer, L.ZeroPadding2D):
             (t, bottom), (left, r) = (_pair(p) for p in layer.padding)
             p = v.pad
@@ -559,6 +562,10 @@ class _Array:
 
 
 _TF_ELEMENTWISE = {"Relu": "relu", "Relu6": "relu6", "Sigmoid": "sigmoid", "Softmax": "softmax"}
+# ops on constants and variables only (e.g. ``sqrt(variance + eps)`` written into the graph): computed here
+_TF_FOLD = {"Add": np.add, "AddV2": np.add, "Sub": np.subtract, "Mul": np.multiply, "RealDiv": np.divide,
+            "Maximum": np.maximum, "Minimum": np.minimum, "Abs": np.abs, "Neg": np.negative, "Sqrt": np.sqrt,
+            "Rsqrt": lambda v: 1.0 / np.sqrt(v), "Square": np.square}
 _PASS = ("Identity", "StopGradient", "Snapshot", "ReadVariableOp", "PreventGradient")
 
 
@@ -690,6 +697,8 @@ class _TF1Importer:
                                          n.attr["shared_name"].s else n.name, n), n.name)
         if op in _PASS:
             return ins[0]
+        if op in _TF_FOLD and ins and all(isinstance(v, _Array) for v in ins):
+            return _Array(np.asarray(_TF_FOLD[op](*(v.value for v in ins)), np.float32), ins[0].src)
         if op in ("Conv2D", "DepthwiseConv2dNative"):
             x, w = self.val(n, ins[0]), self.arr(n, ins[1], "filter")
             fmt = self.layout(n, x)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import Graph, Node, drop_unused
+from compress_core.ir.graph import Graph, Node, drop_unused, fresh_name
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
                 nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
@@ -66,11 +66,7 @@ class _Importer:
         raise UserError(f"cannot import {what}" + (f" at '{where}'" if where else "") + f" (fx node '{node.name}')")
 
     def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(name, self.taken)
 
     def add(self, node: fx.Node, op: str, inputs: Sequence[str], name: str | None = None, **attrs) -> str:
         gname = self.unique(name or node.name)

@@ -247,6 +247,15 @@ class Graph:
         return Graph(nodes=list(nodes), **kw)
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if it is in ``taken``; the result is added to ``taken``."""
+    base, k = name, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
 def drop_unused(graph: Graph) -> Graph:
     """The graph without nodes nothing reads on the way to its output (training-only branches, the
     leftovers of an importer's rewrites)."""

@@ -50,6 +50,8 @@ class _Writer:
         return f"{base}/{self.count}"
 
     def op(self, kind: str, inputs, output: str, **attrs) -> str:
+        if output == "logits":  # the model's output tensor (see model()): a node of that name writes another
+            output = "logits/node"
         self.nodes.append(self.helper.make_node(kind, list(inputs), [output], name=output, **attrs))
         return output
 
@@ -198,7 +200,7 @@ class _Writer:
         names = {"input": "input"}
         for n in self.graph.nodes[1:]:
             names[n.name] = self.node(n, names)
-        self.op("Identity", [names[self.graph.output]], "logits")
+        self.nodes.append(self.helper.make_node("Identity", [names[self.graph.output]], ["logits"], name="logits"))
         out_shape = ["N", *self.shapes[self.graph.output]]
         g = helper.make_graph(
             self.nodes, self.graph.arch,

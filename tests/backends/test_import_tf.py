@@ -180,10 +180,25 @@ def test_every_supported_keras_layer_imports_exactly(backends):
     assert graph["avg"].attrs["pad"] == (0, 1, 1, 0) and graph["maxz"].attrs["pad"] == (1, 1)
     assert graph.shapes()["flat"] == (36 * 6,) and graph.shapes()["se_reshape"] == (24, 1, 1)
     assert flops.count_params(graph) == _count(model.trainable_weights)
-    for name, logits in _logits_everywhere(graph, params, x, backends).items():
+    outs = _logits_everywhere(graph, params, x, backends)
+    for name, logits in outs.items():
         e = np.exp(logits - logits.max(1, keepdims=True))
         assert close(want, e / e.sum(1, keepdims=True)) < 1e-5, name
         assert np.ptp(want, axis=0).max() > 0.01
+    # the writers take the import (dotted node names, a node named 'logits', asymmetric pads)
+    import onnxruntime as ort
+    import torch
+
+    from backends.torch.export import to_module
+    from compress_core.ir.onnx_export import to_onnx
+
+    xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    session = ort.InferenceSession(to_onnx(graph, params).SerializeToString(), providers=["CPUExecutionProvider"])
+    plain = to_module(graph, params)
+    assert {"sep.weight", "sep.depthwise.weight"} <= set(plain.state_dict())
+    with torch.no_grad():
+        assert close(outs["torch"], plain(torch.as_tensor(xn)).numpy()) < 1e-5
+    assert close(outs["torch"], session.run(None, {"input": xn})[0]) < 1e-5
 
 
 def test_preprocessing_before_a_padded_conv_is_an_exact_depthwise_conv_in_a_sequential_model(backends):
