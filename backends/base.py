@@ -219,15 +219,24 @@ class Backend(abc.ABC):
 
 def import_source(source: str, input_shape: Sequence[int], weights: str = "", arch: str | None = None,
                   kwargs: Mapping[str, Any] | None = None):
-    """``(graph, params)`` of a model that another framework defines: ``module:package.path:callable``
-    (a PyTorch ``nn.Module``, through :func:`backends.torch.importer.load_module_source`, the callable
-    called with ``kwargs``), whatever backend then runs it; ``weights``: a state_dict file to load into
-    it first."""
+    """``(graph, params)`` of a model that another framework defines, whatever backend then runs it:
+    ``module:package.path:callable`` (a PyTorch ``nn.Module``, through
+    :func:`backends.torch.importer.load_module_source`, the callable called with ``kwargs``;
+    ``weights``: a state_dict file to load into it first), ``keras:path`` (a saved Keras model;
+    ``weights``: a ``.weights.h5`` file) or ``tf1:path`` (a ``.meta`` graph with the checkpoint prefix
+    ``weights``, or a frozen ``.pb``; ``kwargs`` name its input and output tensors), through
+    :mod:`backends.tf.importer`."""
     if source.startswith("module:"):
         from backends.torch.importer import load_module_source
 
         return load_module_source(source, input_shape, weights, arch, kwargs)
-    raise UserError(f"unknown model source {source!r} (zoo names, or module:package.path:callable)")
+    if source.startswith(("keras:", "tf1:")):
+        from backends.tf.importer import load_keras_source, load_tf1_source
+
+        load = load_keras_source if source.startswith("keras:") else load_tf1_source
+        return load(source.split(":", 1)[1], input_shape, weights, arch, kwargs)
+    raise UserError(f"unknown model source {source!r} (zoo names, module:package.path:callable, keras:path, "
+                    f"tf1:path)")
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:

@@ -43,13 +43,18 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
         "model": ConfigDict({
             "source": model,   # a zoo name (resnet20..110, resnet164, vgg16, densenet40, resnext20/164, wrn16_10,
                                # resnet50, mobilenetv2, googlenet), or module:package.path:callable, a Python
-                               # callable returning the torch.nn.Module (e.g. module:torchvision.models:resnet18)
+                               # callable returning the torch.nn.Module (e.g. module:torchvision.models:resnet18),
+                               # or keras:path/model.keras (a saved Keras model, .keras or .h5), or
+                               # tf1:path/model.meta (a TF1 meta graph; a frozen GraphDef: tf1:path/frozen.pb)
             "weights": "",     # the network to start from: a checkpoint of this model (a compressed one is fine),
-                               # or a state_dict file (.pth) of a module source; compression methods compress it,
-                               # train continues from it, DCFF fuses from it; empty: the source's own initial
-                               # weights, and the compression methods first train a baseline with `train`
+                               # or a state_dict file (.pth) of a module source, a .weights.h5 of a keras source,
+                               # the checkpoint prefix (model.ckpt-1000) of a tf1 source; compression methods
+                               # compress it, train continues from it, DCFF fuses from it; empty: the source's
+                               # own initial weights, and the compression methods first train a baseline
             "input_shape": (),  # (C, H, W) the model takes; empty: the data's (a mismatch is an error)
-            "kwargs": "{}",    # keyword arguments of a module source's callable, a dict literal: "{'num_classes': 10}"
+            "kwargs": "{}",    # keyword arguments of the source, a dict literal: a module source's callable's
+                               # ("{'num_classes': 10}"); a tf1 source's tensor names and layout
+                               # ("{'inputs': 'images', 'outputs': 'logits'}", optionally 'data_format': 'NCHW')
         }),
         "data": data(**data_kw),
     })
@@ -74,8 +79,13 @@ def source_kwargs(text: str) -> dict:
     return value
 
 
+#: model sources read from a file: prefix -> the file endings it takes
+FILE_SOURCES = {"keras:": (".keras", ".h5"), "tf1:": (".meta", ".pb")}
+
+
 def check_source(source: str) -> None:
-    """``model.source`` names a zoo model or has the form ``module:package.path:callable``."""
+    """``model.source`` names a zoo model or has the form ``module:package.path:callable``,
+    ``keras:path.keras`` (or ``.h5``) or ``tf1:path.meta`` (or ``.pb``)."""
     import re
 
     from compress_core.errors import UserError
@@ -87,8 +97,14 @@ def check_source(source: str) -> None:
         if not re.fullmatch(r"module:[A-Za-z_][\w.]*:[A-Za-z_]\w*", source):
             raise UserError(f"config field 'model.source' is {source!r}: write module:package.path:callable")
         return
-    raise UserError(f"config field 'model.source' is {source!r}: a zoo model ({', '.join(MODELS)}) or "
-                    f"module:package.path:callable")
+    for prefix, endings in FILE_SOURCES.items():
+        if source.startswith(prefix):
+            if not source.endswith(endings) or len(source) <= len(prefix) + len(min(endings, key=len)):
+                raise UserError(f"config field 'model.source' is {source!r}: write {prefix}path/model"
+                                f"{' or '.join(endings)}")
+            return
+    raise UserError(f"config field 'model.source' is {source!r}: a zoo model ({', '.join(MODELS)}), "
+                    f"module:package.path:callable, keras:path/model.keras or tf1:path/model.meta")
 
 
 def validate_train(cfg) -> None:

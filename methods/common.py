@@ -193,7 +193,11 @@ def is_checkpoint(path: str) -> bool:
 
 
 def source_arch(source: str) -> str:
-    """The architecture name of a ``model.source``: the zoo name, or ``package.path:callable``."""
+    """The architecture name of a ``model.source``: the zoo name, ``package.path:callable``, or the
+    file name of a ``keras:`` or ``tf1:`` source (``keras:model.keras``: the same model from any folder)."""
+    if source.startswith(("keras:", "tf1:")):
+        kind, path = source.split(":", 1)
+        return f"{kind}:{os.path.basename(path)}"
     return source.removeprefix("module:")
 
 
@@ -240,11 +244,26 @@ def start_graph(ctx: Context):
             raise UserError(f"model.weights {path} holds a '{graph.arch}', the config's model.source is "
                             f"'{ctx.cfg.model.source}' (set --config.model.source)")
         return graph
-    if path and not path.endswith((".pth", ".pt")):
-        raise UserError(f"model.weights {path} is neither a checkpoint (.safetensors) nor a state_dict (.pth, .pt)")
-    if path and not os.path.isfile(path):
-        raise UserError(f"model.weights not found: {path}")
+    if path:
+        check_source_weights(ctx.cfg.model.source, path)
     return source_graph(ctx)[0]
+
+
+def check_source_weights(source: str, path: str) -> None:
+    """``model.weights`` that are not a checkpoint of this library fit the kind of ``model.source``: a
+    state_dict (``.pth``, ``.pt``) of a zoo or module source, a ``.weights.h5`` of a keras source, the
+    checkpoint prefix of a tf1 source; the file exists."""
+    if source.startswith("tf1:"):
+        if not os.path.isfile(path + ".index"):
+            raise UserError(f"model.weights {path} is not a TF checkpoint prefix ({path}.index not found)")
+        return
+    kind, endings = ("a Keras weights file", (".weights.h5",)) if source.startswith("keras:") else \
+        ("a state_dict", (".pth", ".pt"))
+    if not path.endswith(endings):
+        raise UserError(f"model.weights {path} is neither a checkpoint (.safetensors) nor {kind} "
+                        f"({', '.join(endings)}) for model.source {source}")
+    if not os.path.isfile(path):
+        raise UserError(f"model.weights not found: {path}")
 
 
 def start_model(ctx: Context, stage: str | None = "baseline"):

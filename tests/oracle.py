@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress_core.ir.graph import Graph
+from compress_core.ir.graph import Graph, pads
 
 
 def _conv(x, w, b, stride, pad, dilation, groups):
     n = x.shape[0]
     o, cg, kh, kw = w.shape
-    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    top, left, bottom, right = pads({"pad": pad})
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     ho = (x.shape[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (x.shape[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     y = np.zeros((n, o, ho, wo))
@@ -28,20 +29,22 @@ def _conv(x, w, b, stride, pad, dilation, groups):
 
 
 def _pool(x, k, s, fn, pad=0, ceil=False, fill=0.0):
-    """Pooling with PyTorch's rules: symmetric ``pad`` filled with ``fill`` (-inf for max, zeros that
-    count in a mean), ``ceil`` mode windows that may run past the input (never starting in the right
-    padding), ``k``/``s``/``pad`` ints or pairs."""
-    k, s, pad = (np.broadcast_to(v, 2).astype(int) for v in (k, s, pad))
+    """Pooling with PyTorch's rules: ``pad`` (a graph's: symmetric or top/left/bottom/right) filled with
+    ``fill`` (-inf for max, zeros that count in a mean), ``ceil`` mode windows that may run past the input
+    (never starting in the right padding), ``k``/``s`` ints or pairs."""
+    k, s = (np.broadcast_to(v, 2).astype(int) for v in (k, s))
+    t, left, b, r = pads({"pad": pad})
     h, w = x.shape[2:]
     out = []
-    for size, kk, ss, pp in ((h, k[0], s[0], pad[0]), (w, k[1], s[1], pad[1])):
-        n = (size + 2 * pp - kk) // ss + 1
+    for size, kk, ss, pp, pe in ((h, k[0], s[0], t, b), (w, k[1], s[1], left, r)):
+        n = (size + pp + pe - kk) // ss + 1
         if ceil:
-            n = -(-(size + 2 * pp - kk) // ss) + 1
+            n = -(-(size + pp + pe - kk) // ss) + 1
             n -= (n - 1) * ss >= size + pp
         out.append(n)
-    extra = [max(0, (o - 1) * ss + kk - size - 2 * pp) for o, ss, kk, size, pp in zip(out, s, k, (h, w), pad)]
-    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]), (pad[1], pad[1] + extra[1])), constant_values=fill)
+    extra = [max(0, (o - 1) * ss + kk - size - p0 - p1)
+             for o, ss, kk, size, p0, p1 in zip(out, s, k, (h, w), (t, left), (b, r))]
+    x = np.pad(x, ((0, 0), (0, 0), (t, b + extra[0]), (left, r + extra[1])), constant_values=fill)
     ho, wo = out
     win = np.stack([x[:, :, i:i + s[0] * (ho - 1) + 1:s[0], j:j + s[1] * (wo - 1) + 1:s[1]]
                     for i in range(k[0]) for j in range(k[1])])

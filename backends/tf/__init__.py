@@ -1,4 +1,5 @@
-"""TensorFlow backend: interprets a :class:`compress_core.ir.graph.Graph` as a TF1-style graph.
+"""TensorFlow backend: interprets a :class:`compress_core.ir.graph.Graph` as a TF1-style graph, and the
+importer of Keras models and TF1 graphs (:mod:`backends.tf.importer`).
 
 Each model owns its own ``tf.Graph`` and ``tf.compat.v1.Session`` (built with
 ``graph.as_default()``, so eager execution elsewhere in the process is untouched).
@@ -40,9 +41,10 @@ def _quiet_import():
 
 _quiet_import()
 
+from backends.tf.importer import from_checkpoint, from_graph_def, from_keras
 from backends.tf.model import TFBackend, TFModel, TFTrainer
 
-__all__ = ["TFBackend", "TFModel", "TFTrainer", "make_backend"]
+__all__ = ["TFBackend", "TFModel", "TFTrainer", "from_checkpoint", "from_graph_def", "from_keras", "make_backend"]
 
 
 _OPTIONS = ("intra_threads", "inter_threads", "fused_bn")

@@ -33,7 +33,7 @@ from backends.base import (
 from compress_core.errors import UserError
 from compress_core.ir import layout
 from compress_core.ir.checkpoint import check_params
-from compress_core.ir.graph import Graph
+from compress_core.ir.graph import Graph, pads
 from compress_core.ir.init import init_params
 
 _V1 = tf.compat.v1
@@ -217,12 +217,12 @@ def _conv(x, node, V, cin: int):
     fusion = V.get(f"{node.name}.fusion")  # DCFF: [n, out] in TF layout (the dense transpose)
     if fusion is not None:
         w = tf.tensordot(w, fusion, axes=[[3], [0]])
-    (ph, pw), (sh, sw), (dh, dw) = a["pad"], a["stride"], a["dilation"]
+    (pt, pl, pb, pr), (sh, sw), (dh, dw) = pads(a), a["stride"], a["dilation"]
     g = int(a["groups"])
-    if ph or pw:
-        # explicit symmetric padding (never 'SAME'), as a pad + VALID conv: same numbers as
-        # conv2d(padding=[[0,0],[ph,ph],[pw,pw],[0,0]]) but the gradient gets oneDNN kernels (2x faster)
-        x = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+    if pt or pl or pb or pr:
+        # explicit padding (never 'SAME'), as a pad + VALID conv: same numbers as
+        # conv2d(padding=[[0,0],[pt,pb],[pl,pr],[0,0]]) but the gradient gets oneDNN kernels (2x faster)
+        x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
     if dh > 1 or dw > 1:
         y = tf.nn.with_space_to_batch(
             x, [dh, dw], "VALID", lambda phases, num_spatial_dims, padding: _valid_conv(phases, w, (1, 1), g, cin))
@@ -390,17 +390,17 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
                 k = [int(k), int(k)] if isinstance(k, int) else [int(v) for v in k]
                 s = [int(s), int(s)] if isinstance(s, int) else [int(v) for v in s]
                 pool = tf.nn.max_pool2d if op == "maxpool" else tf.nn.avg_pool2d
-                p = a.get("pad", 0)
-                p = [int(p), int(p)] if isinstance(p, int) else [int(v) for v in p]
+                p = pads(a)
                 x = ins[0]
                 (h, w), (oh, ow) = shapes[node.inputs[0]][1:], shapes[node.name][1:]
                 # ceil mode: the last window runs past the input; extra bottom/right padding that -inf
                 # never lets win (a graph allows it for max-pools only)
-                extra = [max(0, (oh - 1) * s[0] + k[0] - h - 2 * p[0]), max(0, (ow - 1) * s[1] + k[1] - w - 2 * p[1])]
-                if p[0] or p[1] or extra[0] or extra[1]:
+                extra = [max(0, (oh - 1) * s[0] + k[0] - h - p[0] - p[2]),
+                         max(0, (ow - 1) * s[1] + k[1] - w - p[1] - p[3])]
+                if any(p) or extra[0] or extra[1]:
                     # explicit pad + VALID (never 'SAME'): -inf never wins a max, as in PyTorch;
                     # zeros count in an average, PyTorch's count_include_pad=True
-                    x = tf.pad(x, [[0, 0], [p[0], p[0] + extra[0]], [p[1], p[1] + extra[1]], [0, 0]],
+                    x = tf.pad(x, [[0, 0], [p[0], p[2] + extra[0]], [p[1], p[3] + extra[1]], [0, 0]],
                                constant_values=-np.inf if op == "maxpool" else 0.0)
                 y = pool(x, ksize=k, strides=s, padding="VALID")
             elif op == "select":

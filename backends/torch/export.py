@@ -20,7 +20,17 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from compress_core.ir.checkpoint import check_params
-from compress_core.ir.graph import Graph, _pair
+from compress_core.ir.graph import Graph, _pair, pads
+
+
+def torch_padding(attrs) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    """A conv's or pool's ``pad`` as torch takes it: the layer's symmetric ``padding``, and the
+    ``F.pad`` widths ``(left, right, top, bottom)`` to apply first when the pad is asymmetric
+    (torch layers pad symmetrically only), else None."""
+    t, left, b, r = pads(attrs)
+    if (t, left) == (b, r):
+        return (t, left), None
+    return (0, 0), (left, r, t, b)
 
 
 class Select(nn.Module):
@@ -81,7 +91,8 @@ def _layer(graph: Graph, n, params: Mapping[str, np.ndarray] | None = None) -> n
     a, shapes = n.attrs, graph.shapes()
     cin = shapes[n.inputs[0]][0] if n.inputs else 0
     if n.op == "conv":
-        layer = nn.Conv2d(cin, a["out"], a["k"], a["stride"], a["pad"], a["dilation"], a["groups"], a["bias"])
+        layer = nn.Conv2d(cin, a["out"], a["k"], a["stride"], torch_padding(a)[0], a["dilation"], a["groups"],
+                          a["bias"])
         if params is None:
             return layer
         w = np.asarray(params[f"{n.name}.weight"], np.float64)
@@ -134,6 +145,10 @@ def trace(graph: Graph, target, taps=(), bn_batch_stats: bool = False, folded=fr
     for n in graph.nodes:
         a, op = n.attrs, n.op
         ins = [v[i] for i in n.inputs]
+        if op in ("conv", "maxpool", "avgpool") and torch_padding(a)[1] is not None:  # asymmetric: pad first
+            # (-inf never wins a max, as a max-pool's own padding)
+            ins[0] = g.call_function(F.pad, (ins[0], torch_padding(a)[1]),
+                                     {"value": -float("inf") if op == "maxpool" else 0.0})
         if op == "input":
             y = g.placeholder("x")
         elif n.name in folded:
@@ -160,10 +175,10 @@ def trace(graph: Graph, target, taps=(), bn_batch_stats: bool = False, folded=fr
         elif op == "flatten":
             y = g.call_function(torch.flatten, (ins[0], 1))
         elif op == "maxpool":
-            y = g.call_function(F.max_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))),
+            y = g.call_function(F.max_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), torch_padding(a)[0]),
                                 {"ceil_mode": bool(a.get("ceil", False))})
         elif op == "avgpool":
-            y = g.call_function(F.avg_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))))
+            y = g.call_function(F.avg_pool2d, (ins[0], _pair(a["k"]), _pair(a["stride"]), torch_padding(a)[0]))
         else:  # pragma: no cover - Graph validates ops
             raise NotImplementedError(op)
         v[n.name] = y

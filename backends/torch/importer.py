@@ -33,7 +33,7 @@ from torch import fx, nn
 
 from backends.torch.export import Diagonal, Select, StochasticDepth
 from compress_core.errors import UserError
-from compress_core.ir.graph import Graph, Node
+from compress_core.ir.graph import Graph, Node, drop_unused, fresh_name
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
                 nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
@@ -67,11 +67,7 @@ class _Importer:
         raise UserError(f"cannot import {what}" + (f" at '{where}'" if where else "") + f" (fx node '{node.name}')")
 
     def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(name, self.taken)
 
     def add(self, node: fx.Node, op: str, inputs: Sequence[str], name: str | None = None, **attrs) -> str:
         gname = self.unique(name or node.name)
@@ -325,23 +321,13 @@ def from_module(module: nn.Module, input_shape: Sequence[int], arch: str | None 
         elif node.op == "output":
             output = imp.tensor(node, node.args[0])
     graph = Graph(arch or type(module).__name__, input_shape, imp.nodes, output)
-    graph = _drop_unused(graph)
+    graph = drop_unused(graph)  # branches only taken in training
     shape = tuple(out.shape[1:])
     if graph.shapes()[graph.output] != shape:
         raise UserError(f"the imported graph gives outputs of shape {graph.shapes()[graph.output]}, the model "
                         f"{shape}")
     params = {k: imp.params[k] for k in graph.param_shapes()}
     return graph, params
-
-
-def _drop_unused(graph: Graph) -> Graph:
-    """The graph without nodes nothing reads (branches that are only taken in training)."""
-    needed, keep = {graph.output}, []
-    for n in reversed(graph.nodes):
-        if n.name in needed or n.op == "input":
-            keep.append(n)
-            needed.update(n.inputs)
-    return graph.replace(keep[::-1])
 
 
 

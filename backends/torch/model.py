@@ -22,7 +22,7 @@ from backends.base import (
     check_lr_groups,
     pick,
 )
-from backends.torch.export import _layer, to_module, trace
+from backends.torch.export import _layer, to_module, torch_padding, trace
 from compress_core.errors import UserError
 from compress_core.ir.checkpoint import check_params
 from compress_core.ir.graph import Graph
@@ -38,7 +38,7 @@ class FusedConv2d(nn.Conv2d):
     """A DCFF fused conv: ``n`` raw filters, a ``fusion [out, n]`` buffer, a conv with ``fusion @ weight``."""
 
     def __init__(self, cin: int, a):
-        super().__init__(cin, a["fused_from"], a["k"], a["stride"], a["pad"], a["dilation"], 1, a["bias"])
+        super().__init__(cin, a["fused_from"], a["k"], a["stride"], torch_padding(a)[0], a["dilation"], 1, a["bias"])
         self.register_buffer("fusion", torch.zeros(a["out"], a["fused_from"]))
 
     def forward(self, x):

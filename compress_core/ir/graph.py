@@ -14,8 +14,10 @@ Operators (``Node.op``) and their attributes:
 ``input``
     the network input; ``Graph.input_shape`` gives its shape.
 ``conv``
-    ``out`` channels, ``k=(kh, kw)``, ``stride``, ``pad=(ph, pw)`` (symmetric,
-    explicit: never 'SAME', whose stride-2 split differs between frameworks),
+    ``out`` channels, ``k=(kh, kw)``, ``stride``, ``pad`` (explicit, never 'SAME', whose
+    stride-2 split differs between frameworks: ``(ph, pw)`` symmetric, or
+    ``(top, left, bottom, right)`` for the asymmetric padding of an imported TensorFlow
+    'SAME' or ``ZeroPadding2D``; :func:`pads` reads either),
     ``dilation``, ``groups``, ``bias``. Parameters ``weight [out, in/groups, kh, kw]``
     and optionally ``bias [out]``. A *fused* conv (DCFF) also has ``fused_from=n``
     (``groups`` 1): it keeps ``n`` raw filters ``weight [n, in, kh, kw]`` (and
@@ -42,10 +44,10 @@ inputs of one shape, or a map ``(C, H, W)`` times a per-channel scale ``(C, 1, 1
 a vector; ``keep=True``: to a ``(C, 1, 1)`` map), ``adaptive_avgpool`` (``out=(oh, ow)``:
 PyTorch's adaptive average pooling, window ``i`` over ``[floor(i H / oh), ceil((i + 1) H /
 oh))``), ``flatten`` (NCHW order), ``maxpool`` / ``avgpool`` (``k``, ``stride``, optional
-symmetric ``pad``, default 0: a max-pool pads with -inf, so padding never wins the max;
+``pad`` as a conv's, default 0: a max-pool pads with -inf, so padding never wins the max;
 an average pool pads with zeros that count in the mean, PyTorch's
-``count_include_pad=True``; ``ceil=True``, max-pool only: PyTorch's ``ceil_mode``, the
-last window may run past the input, never starting in the right padding).
+``count_include_pad=True``; ``ceil=True``, max-pool with a symmetric pad only: PyTorch's
+``ceil_mode``, the last window may run past the input, never starting in the right padding).
 ``dropout``
     ``p`` and ``mode``: ``element`` (dropout) or ``row`` (stochastic depth: a whole
     sample's value dropped); the identity at inference, scaled by ``1 / (1 - p)`` when kept
@@ -104,12 +106,29 @@ def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, (int,)) else (int(v[0]), int(v[1]))
 
 
+def pads(attrs: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """``(top, left, bottom, right)`` of a conv's or pool's ``pad`` (an int, ``(ph, pw)`` or four values)."""
+    p = attrs.get("pad", 0)
+    p = (int(p),) * 2 if isinstance(p, int) else tuple(int(v) for v in p)
+    if len(p) == 2:
+        return (p[0], p[1], p[0], p[1])
+    if len(p) != 4:
+        raise UserError(f"pad {p} must be (ph, pw) or (top, left, bottom, right)")
+    return p  # type: ignore[return-value]
+
+
+def pad_attr(pad) -> tuple[int, ...]:
+    """The canonical ``pad`` value: ``(ph, pw)`` when symmetric, else ``(top, left, bottom, right)``."""
+    t, left, b, r = pads({"pad": pad})
+    return (t, left) if (t, left) == (b, r) else (t, left, b, r)
+
+
 def conv_node(name, x, out, k=3, stride=1, pad=None, dilation=1, groups=1, bias=False):
     """Convenience constructor; ``pad`` defaults to 'same' output size at stride 1."""
     k, dilation = _pair(k), _pair(dilation)
     if pad is None:
         pad = (dilation[0] * (k[0] - 1) // 2, dilation[1] * (k[1] - 1) // 2)
-    return Node(name, "conv", (x,), {"out": int(out), "k": k, "stride": _pair(stride), "pad": _pair(pad),
+    return Node(name, "conv", (x,), {"out": int(out), "k": k, "stride": _pair(stride), "pad": pad_attr(pad),
                                         "dilation": dilation, "groups": int(groups), "bias": bool(bias)})
 
 
@@ -228,9 +247,29 @@ class Graph:
         return Graph(nodes=list(nodes), **kw)
 
 
-def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False) -> int:
+def fresh_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if it is in ``taken``; the result is added to ``taken``."""
+    base, k = name, 1
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def drop_unused(graph: Graph) -> Graph:
+    """The graph without nodes nothing reads on the way to its output (training-only branches, the
+    leftovers of an importer's rewrites)."""
+    needed, keep = {graph.output}, []
+    for n in reversed(graph.nodes):
+        if n.name in needed or n.op == "input":
+            keep.append(n)
+            needed.update(n.inputs)
+    return graph.replace(keep[::-1])
+
+
+def _pool_out(size: int, k: int, s: int, p: int = 0, d: int = 1, ceil: bool = False, p_end: int | None = None) -> int:
     if not ceil:
-        return (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return (size + p + (p if p_end is None else p_end) - d * (k - 1) - 1) // s + 1
     out = -(-(size + 2 * p - d * (k - 1) - 1) // s) + 1
     return out - 1 if (out - 1) * s >= size + p else out  # PyTorch: no window starts in the right padding
 
@@ -254,17 +293,19 @@ def _infer_shapes(g: Graph) -> dict[str, tuple[int, ...]]:
             if "fused_from" in a and (a["groups"] != 1 or not 1 <= a["out"] <= a["fused_from"]):
                 raise UserError(f"fused conv '{n.name}': {a['out']} outputs from {a['fused_from']} filters "
                                 f"with groups {a['groups']} (needs out <= fused_from, groups 1)")
-            s = (a["out"],) + tuple(_pool_out(sz, k, st, p, d) for sz, k, st, p, d in
-                                    zip((h, w), a["k"], a["stride"], a["pad"], a["dilation"]))
+            t, left, b, r = pads(a)
+            s = (a["out"],) + tuple(_pool_out(sz, k, st, p, d, p_end=pe) for sz, k, st, p, d, pe in
+                                    zip((h, w), a["k"], a["stride"], (t, left), a["dilation"], (b, r)))
         elif n.op in ("maxpool", "avgpool"):
             c, h, w = _map(n, ins[0])
-            k, st, p = _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))
+            k, st, p = _pair(a["k"]), _pair(a["stride"]), pads(a)
             ceil = bool(a.get("ceil", False))
-            if max(p[0] * 2 - k[0], p[1] * 2 - k[1]) > 0:
-                raise UserError(f"{n.op} '{n.name}': pad {p} is more than half the window {k}")
-            if ceil and n.op == "avgpool":
-                raise UserError(f"avgpool '{n.name}': ceil mode is supported for max-pools only")
-            s = (c, _pool_out(h, k[0], st[0], p[0], ceil=ceil), _pool_out(w, k[1], st[1], p[1], ceil=ceil))
+            if max(2 * v - k[i % 2] for i, v in enumerate(p)) > 0:
+                raise UserError(f"{n.op} '{n.name}': pad {a['pad']} is more than half the window {k}")
+            if ceil and (n.op == "avgpool" or p[:2] != p[2:]):
+                raise UserError(f"{n.op} '{n.name}': ceil mode is supported for max-pools with a symmetric pad only")
+            s = (c, _pool_out(h, k[0], st[0], p[0], ceil=ceil, p_end=p[2]),
+                 _pool_out(w, k[1], st[1], p[1], ceil=ceil, p_end=p[3]))
         elif n.op == "adaptive_avgpool":
             c, h, w = _map(n, ins[0])
             s = (c, *_pair(a["out"]))

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import Graph, _pair
+from compress_core.ir.graph import Graph, _pair, pads
 
 OPSET = 17
 
@@ -50,6 +50,8 @@ class _Writer:
         return f"{base}/{self.count}"
 
     def op(self, kind: str, inputs, output: str, **attrs) -> str:
+        if output == "logits":  # the model's output tensor (see model()): a node of that name writes another
+            output = "logits/node"
         self.nodes.append(self.helper.make_node(kind, list(inputs), [output], name=output, **attrs))
         return output
 
@@ -68,9 +70,8 @@ class _Writer:
         inputs = [x, self.const(f"{n.name}.weight", w.astype(np.float32))]
         if b is not None:
             inputs.append(self.const(f"{n.name}.bias", np.asarray(b, np.float32)))
-        (ph, pw) = a["pad"]
         return self.op("Conv", inputs, n.name, kernel_shape=list(a["k"]), strides=list(a["stride"]),
-                       pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=int(a["groups"]))
+                       pads=list(pads(a)), dilations=list(a["dilation"]), group=int(a["groups"]))
 
     def bn(self, n, x: str) -> str:
         inputs = [x] + [self.weight(f"{n.name}.{k}") for k in ("weight", "bias", "running_mean", "running_var")]
@@ -96,15 +97,15 @@ class _Writer:
 
     def pool(self, n, x: str) -> str:
         a = n.attrs
-        k, s, p = _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))
-        attrs = {"kernel_shape": list(k), "strides": list(s), "pads": [p[0], p[1], p[0], p[1]]}
+        k, s, p = _pair(a["k"]), _pair(a["stride"]), pads(a)
+        attrs = {"kernel_shape": list(k), "strides": list(s), "pads": list(p)}
         if n.op == "maxpool":
             h, w = self.shapes[n.inputs[0]][1:]
             oh, ow = self.shapes[n.name][1:]
             # ceil mode as explicit bottom/right padding (ONNX's ceil_mode rule differs from PyTorch's
             # at the edge); MaxPool's padding never wins the max
-            extra = [max(0, (oh - 1) * s[0] + k[0] - h - 2 * p[0]), max(0, (ow - 1) * s[1] + k[1] - w - 2 * p[1])]
-            attrs["pads"] = [p[0], p[1], p[0] + extra[0], p[1] + extra[1]]
+            extra = [max(0, (oh - 1) * s[0] + k[0] - h - p[0] - p[2]), max(0, (ow - 1) * s[1] + k[1] - w - p[1] - p[3])]
+            attrs["pads"] = [p[0], p[1], p[2] + extra[0], p[3] + extra[1]]
             return self.op("MaxPool", [x], n.name, **attrs)
         return self.op("AveragePool", [x], n.name, count_include_pad=1, **attrs)
 
@@ -199,7 +200,7 @@ class _Writer:
         names = {"input": "input"}
         for n in self.graph.nodes[1:]:
             names[n.name] = self.node(n, names)
-        self.op("Identity", [names[self.graph.output]], "logits")
+        self.nodes.append(self.helper.make_node("Identity", [names[self.graph.output]], ["logits"], name="logits"))
         out_shape = ["N", *self.shapes[self.graph.output]]
         g = helper.make_graph(
             self.nodes, self.graph.arch,

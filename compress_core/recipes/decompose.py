@@ -30,7 +30,7 @@ import numpy as np
 from compress_core.criteria import lowrank
 from compress_core.errors import UserError
 from compress_core.ir import flops
-from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.ir.graph import Graph, Node, conv_node, pads
 
 
 class Skip(Exception):
@@ -118,13 +118,13 @@ def cp_conv(graph: Graph, params, layer: str, rank: int | None = None, rule: str
             raise Skip("CP rank 0: nothing above the noise level")
         factors = lowrank.cp(w, rank, **cp_kw)
     R = factors.out.shape[1]
-    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["pad"], a["dilation"]
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], pads(a), a["dilation"]
     kh, kw = a["k"]
     x = node.inputs[0]
     names = [f"{layer}.{s}" for s in ("reduce", "vertical", "horizontal")]
     nodes = (conv_node(names[0], x, R, k=1, pad=0),
-             conv_node(names[1], names[0], R, k=(kh, 1), stride=(sh, 1), pad=(ph, 0), dilation=(dh, 1), groups=R),
-             conv_node(names[2], names[1], R, k=(1, kw), stride=(1, sw), pad=(0, pw), dilation=(1, dw), groups=R),
+             conv_node(names[1], names[0], R, k=(kh, 1), stride=(sh, 1), pad=(pt, 0, pb, 0), dilation=(dh, 1), groups=R),
+             conv_node(names[2], names[1], R, k=(1, kw), stride=(1, sw), pad=(0, pl, 0, pr), dilation=(1, dw), groups=R),
              conv_node(layer, names[2], a["out"], k=1, pad=0, bias=a["bias"]))
     p = {f"{names[0]}.weight": factors.inp.T[:, :, None, None],
          f"{names[1]}.weight": factors.h.T[:, None, :, None],

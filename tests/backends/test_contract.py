@@ -260,3 +260,42 @@ def test_imported_model_operators_match_the_oracle_and_train(backend, batch):
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     # dropout is the identity at inference: the same logits twice
     assert np.array_equal(backend.forward(model, batch[0])[0], backend.forward(model, batch[0])[0])
+
+
+def test_asymmetric_padding_matches_the_oracle_onnx_and_torch_export_and_trains(backend, batch):
+    """TensorFlow's 'SAME' at stride 2 and ``ZeroPadding2D`` pad bottom/right more: convs (plain,
+    depthwise, DCFF-fused) and pools with ``pad=(top, left, bottom, right)``."""
+    import onnxruntime as ort
+
+    from backends.torch.export import to_module
+    from compress_core.ir.graph import Graph, Node, conv_node
+    from compress_core.ir.onnx_export import to_onnx
+
+    nodes = [Node("input", "input"),
+             conv_node("c1", "input", 8, k=3, stride=2, pad=(0, 1, 1, 2), bias=True), Node("r1", "relu", ("c1",)),
+             conv_node("dw", "r1", 8, k=3, stride=2, pad=(1, 0, 2, 1), groups=8),
+             Node("mp", "maxpool", ("dw",), {"k": 2, "stride": 1, "pad": (0, 0, 1, 1)}),
+             Node("ap", "avgpool", ("mp",), {"k": 3, "stride": 2, "pad": (1, 1, 0, 1)}),
+             Node("fl", "flatten", ("ap",)), Node("fc", "dense", ("fl",), {"out": 5, "bias": True})]
+    g = Graph("asym", (3, 9, 10), nodes, "fc")
+    assert g.shapes()["c1"] == (8, 4, 6) and g.shapes()["dw"] == (8, 3, 3) and g.shapes()["ap"] == (8, 1, 2)
+    params = trained_like(g)
+    ref = oracle.forward(g, params, batch[0])
+    model = backend.build(g, params)
+    logits, acts = backend.forward(model, batch[0], ["c1", "dw", "mp", "ap"])
+    assert close(ref["fc"], logits) < 1e-5
+    assert all(close(ref[t], acts[t]) < 1e-5 for t in acts)
+    if backend.name == "torch":  # the writers are backend-independent: checked once
+        onnx_out = ort.InferenceSession(to_onnx(g, params).SerializeToString(),
+                                        providers=["CPUExecutionProvider"]).run(None, {"input": batch[0]})[0]
+        torch = pytest.importorskip("torch")
+        with torch.no_grad():
+            exported = to_module(g, params)(torch.as_tensor(batch[0])).numpy()
+        assert close(ref["fc"], onnx_out) < 1e-5 and close(ref["fc"], exported) < 1e-5
+    fused = g.replace([Node(n.name, n.op, n.inputs, {**n.attrs, "fused_from": 8}) if n.name == "c1" else n
+                       for n in g.nodes])
+    fp = dict(params, **{"c1.fusion": np.eye(8, dtype=np.float32)})
+    assert close(ref["fc"], backend.forward(backend.build(fused, fp), batch[0])[0]) < 1e-5
+    trainer = backend.trainer(model, LossSpec(), OptimSpec(0.9, True))
+    losses = [trainer.step(*batch, lr=0.05)["loss"] for _ in range(10)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
