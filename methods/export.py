@@ -23,6 +23,7 @@ import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from compress_core import data
 from compress_core.errors import UserError
@@ -103,9 +104,12 @@ def _accuracy_change(ctx: common.Context, graph, model, runner, x, want, got) ->
         print(f"the quantised file picks the backend's class on {agree:.1f}% of {len(x)} random inputs "
               f"(the checkpoint does not take the config's data: no accuracy)")
         return {"top1_agreement": agree}
-    batches = [b for b, _ in data.iterate_batches(test, 256, False)]
-    ours = classification_metrics(np.concatenate([ctx.backend.forward(model, b)[0] for b in batches]), test.y)
-    theirs = classification_metrics(np.concatenate([runner(b) for b in batches]), test.y)
+    logits: tuple[list, list] = ([], [])
+    for b, _ in tqdm(data.iterate_batches(test, 256, False), total=data.num_batches(len(test), 256),
+                     desc="test accuracy", leave=False):
+        logits[0].append(ctx.backend.forward(model, b)[0])
+        logits[1].append(runner(b))
+    ours, theirs = (classification_metrics(np.concatenate(v), test.y) for v in logits)
     change = theirs["accuracy"] - ours["accuracy"]
     print(f"test accuracy ({ctx.cfg.data.name}, {len(test)} images): {ctx.backend.name} backend "
           f"{ours['accuracy']:.2f}%, quantised file {theirs['accuracy']:.2f}% ({change:+.2f} points)")
