@@ -173,8 +173,10 @@ class Backend(abc.ABC):
     #: file formats :meth:`export` writes (``methods.export --format``)
     export_formats: tuple[str, ...] = ()
 
-    def export(self, graph: Graph, params: Mapping[str, np.ndarray], path: str, fmt: str) -> None:
-        """Write ``graph`` with ``params`` as a file of format ``fmt`` that runs without this library."""
+    def export(self, graph: Graph, params: Mapping[str, np.ndarray], path: str, fmt: str,
+               quantize: str | None = None) -> None:
+        """Write ``graph`` with ``params`` as a file of format ``fmt`` that runs without this library;
+        ``quantize`` names a post-training quantisation where the format has one (``tflite``)."""
         raise UserError(f"the {self.name} backend exports no '{fmt}' files (formats: {self.export_formats})")
 
     def load_exported(self, path: str, fmt: str):

@@ -57,6 +57,28 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
+def atomic_write_dir(path: str, write) -> None:
+    """Make the directory ``path`` by ``write(tmp)`` into a hidden temporary directory beside it,
+    renamed to ``path`` once complete (a rename never replaces a non-empty directory: a
+    ``path`` that appeared meanwhile fails the rename, and the temporary directory is removed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        write(tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(root)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; a written result is not
+        os.rename(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def strict_json(obj):
     """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN or infinity)."""
     if isinstance(obj, float):

@@ -617,3 +617,22 @@ class TFBackend(Backend):
 
     def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
         return TFTrainer(model, loss, optim or OptimSpec())
+
+    export_formats = ("savedmodel", "tflite", "keras")
+
+    def export(self, graph, params, path, fmt, quantize=None):
+        """``savedmodel`` (a directory), ``tflite`` (``quantize="dynamic"``: dynamic-range int8 weights)
+        or ``keras`` (a ``.keras`` file): NCHW input ``input``, output ``logits``, BatchNorm folded;
+        see :mod:`backends.tf.export`."""
+        if fmt not in self.export_formats:
+            return super().export(graph, params, path, fmt)
+        from backends.tf.export import export
+
+        export(graph, params, path, fmt, quantize)
+
+    def load_exported(self, path, fmt):
+        if fmt not in self.export_formats:
+            return super().load_exported(path, fmt)
+        from backends.tf.export import load
+
+        return load(path, fmt)

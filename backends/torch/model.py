@@ -255,13 +255,15 @@ class TorchBackend(Backend):
 
     export_formats = ("torch",)
 
-    def export(self, graph, params, path, fmt):
+    def export(self, graph, params, path, fmt, quantize=None):
         """``torch``: a ``torch.export`` program (``.pt2``, any batch size) of the plain module of
         :func:`backends.torch.export.to_module`; ``torch.export.load(path).module()`` runs it and its
         ``state_dict`` has the canonical names. (TorchScript, which the module also compiles to, is
         deprecated in torch 2.13.)"""
         if fmt not in self.export_formats:
             return super().export(graph, params, path, fmt)
+        if quantize is not None:
+            raise UserError(f"quantize='{quantize}': torch.export files are not quantised here")
         import io
 
         from backends.torch.export import to_module
