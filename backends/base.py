@@ -190,8 +190,9 @@ class Backend(abc.ABC):
     #: set by :meth:`init_distributed`: trainers then sum their gradients over the ranks
     collective: Collective | None = None
 
-    def init_distributed(self, rank: int, world: int) -> Collective:
-        """Join a data-parallel run of ``world`` processes as ``rank`` (``methods.distributed.start``)."""
+    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None) -> Collective:
+        """Join a data-parallel run of ``world`` processes as ``rank`` (``methods.distributed.start``);
+        ``workers``: every rank's ``host:port``, for engines that need them (TensorFlow's cluster)."""
         raise UserError(f"the {self.name} backend cannot run on several processes")
 
     @abc.abstractmethod

@@ -74,6 +74,19 @@ def local_world_size() -> int:
     return _env_int("LOCAL_WORLD_SIZE", 1)
 
 
+def workers() -> list[str] | None:
+    """``host:port`` of every rank for TensorFlow's cluster: ``TF_CONFIG``'s workers, or under torchrun on
+    one machine ``MASTER_ADDR`` at ports ``MASTER_PORT + 1 + rank``; None when neither says."""
+    cfg = tf_config()
+    if cfg:
+        return cfg["workers"]
+    n = world_size()
+    if "MASTER_ADDR" in os.environ and local_world_size() == n:
+        port = _env_int("MASTER_PORT", 29500)
+        return [f"{os.environ['MASTER_ADDR']}:{port + 1 + r}" for r in range(n)]
+    return None
+
+
 def is_main() -> bool:
     """True on the process that writes the work directory, logs and prints (rank 0)."""
     return rank() == 0
@@ -91,7 +104,7 @@ def start(backend) -> None:
     if n > 1 and _comm is None:
         if not 0 <= rank() < n:
             raise UserError(f"RANK {rank()} is not in [0, WORLD_SIZE={n})")
-        _comm = backend.init_distributed(rank(), n)
+        _comm = backend.init_distributed(rank(), n, workers())
 
 
 def share() -> tuple[int, int]:

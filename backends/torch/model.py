@@ -355,7 +355,7 @@ class TorchBackend(Backend):
     def trainer(self, model, loss, optim=None):
         return TorchTrainer(model, loss, optim or OptimSpec(), self.collective)
 
-    def init_distributed(self, rank, world):
+    def init_distributed(self, rank, world, workers=None):
         """torch.distributed from torchrun's environment: NCCL on a GPU (``cuda:LOCAL_RANK``), else gloo."""
         from backends.torch.distributed import TorchCollective
 
