@@ -190,9 +190,16 @@ class Backend(abc.ABC):
     #: set by :meth:`init_distributed`: trainers then sum their gradients over the ranks
     collective: Collective | None = None
 
-    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None) -> Collective:
+    def use_sync_bn(self) -> None:
+        """Normalise with the statistics of the global batch in data-parallel training (``--sync-bn``)."""
+        raise UserError(f"--sync-bn: the {self.name} backend has no synchronised BatchNorm")
+
+    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None,
+                         joined: Collective | None = None) -> Collective:
         """Join a data-parallel run of ``world`` processes as ``rank`` (``methods.distributed.start``);
-        ``workers``: every rank's ``host:port``, for engines that need them (TensorFlow's cluster)."""
+        ``workers``: every rank's ``host:port``, for engines that need them (TensorFlow's cluster);
+        ``joined``: the collective of an earlier backend object of this process, which this one adopts
+        (a process joins a run once)."""
         raise UserError(f"the {self.name} backend cannot run on several processes")
 
     @abc.abstractmethod

@@ -59,6 +59,8 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     p.add_argument("--config", default=os.path.join(HYPERPARAMS, default_config),
                    help=f"hyperparameter file (default: hyperparams/{default_config})")
     p.add_argument("--workdir", default=None, help="output directory (default: the config's workdir)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel runs on GPUs: BatchNorm statistics of the global batch (SyncBatchNorm)")
     if extra:
         extra(p)
     args, rest = p.parse_known_args(argv)
@@ -129,6 +131,8 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     args, overrides = parse_args(argv, description, default_config, extra)
     cfg = config.load_config(args.config, overrides)
     backend = get_backend(args.backend)
+    if args.sync_bn:
+        backend.use_sync_bn()
     workdir = os.path.join(cfg.workdir, args.backend, subdir) if args.workdir is None else args.workdir
     check_workdir(workdir)
     splits = load_data(cfg)
@@ -141,6 +145,8 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     if check is not None:
         check(ctx)
     resolved = dict(config.config_to_dict(cfg), backend=args.backend, command=command)
+    if args.sync_bn:  # changes the training: a resumed run must use it too
+        resolved["sync_bn"] = True
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
         try:

@@ -98,13 +98,14 @@ def active() -> bool:
 
 
 def start(backend) -> None:
-    """Join the run's other processes through ``backend`` (once; nothing for a single process)."""
+    """Join the run's other processes through ``backend`` (nothing for a single process). The process
+    joins once; a later backend object (another method run in the same process) adopts that link."""
     global _comm
     n = world_size()
-    if n > 1 and _comm is None:
+    if n > 1:
         if not 0 <= rank() < n:
             raise UserError(f"RANK {rank()} is not in [0, WORLD_SIZE={n})")
-        _comm = backend.init_distributed(rank(), n, workers())
+        _comm = backend.init_distributed(rank(), n, workers(), _comm)
 
 
 def share() -> tuple[int, int]:

@@ -22,7 +22,7 @@ import numpy as np
 from compress_core.errors import UserError
 from compress_core.ir import checkpoint, flops
 from compress_core.ir.onnx_export import to_onnx
-from methods import common, report
+from methods import common, distributed, report
 
 FORMATS = ("onnx", "torch")
 TOLERANCE = 1e-4
@@ -50,6 +50,8 @@ def export(backend, graph, params, fmt: str, out: str):
 
 
 def run(ctx: common.Context) -> dict:
+    if not distributed.is_main():  # one file, written and timed once: the other ranks of a launch idle
+        return {}
     args = ctx.args
     graph, params, _ = checkpoint.load_checkpoint(args.checkpoint)
     model = ctx.backend.build(graph, params)

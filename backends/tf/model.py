@@ -672,7 +672,7 @@ class TFBackend(Backend):
     def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
         return TFTrainer(model, loss, optim or OptimSpec(), self.collective)
 
-    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None):
+    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None, joined=None):
         """A ``tf.distribute.Server`` of the cluster ``workers`` (``host:port`` of every rank, in rank
         order) and TensorFlow's collective ops over it; ``OMP_NUM_THREADS``, when set, bounds the
         threads of every session of this process (several processes share a machine)."""
@@ -683,5 +683,5 @@ class TFBackend(Backend):
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:
             self.intra_threads = int(threads)
-        self.collective = TFCollective(rank, world, list(workers), self.intra_threads)
+        self.collective = joined or TFCollective(rank, world, list(workers), self.intra_threads)
         return self.collective

@@ -309,8 +309,21 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
 
+    sync_bn = False
+
+    def use_sync_bn(self):
+        """``torch.nn.SyncBatchNorm`` in every model built in a data-parallel run: CUDA devices only (its
+        kernels exist nowhere else)."""
+        if self.device.type != "cuda":
+            raise UserError(f"--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, this run is on "
+                            f"'{self.device.type}'")
+        self.sync_bn = True
+
     def build(self, graph, params=None):
-        module = GraphModule(graph).to(self.device).eval()
+        module = GraphModule(graph)
+        if self.sync_bn and self.collective is not None:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = module.to(self.device).eval()
         model = TorchModel(graph, module, self.device)
         self.set_weights(model, init_params(graph) if params is None else params)
         return model
@@ -355,7 +368,7 @@ class TorchBackend(Backend):
     def trainer(self, model, loss, optim=None):
         return TorchTrainer(model, loss, optim or OptimSpec(), self.collective)
 
-    def init_distributed(self, rank, world, workers=None):
+    def init_distributed(self, rank, world, workers=None, joined=None):
         """torch.distributed from torchrun's environment: NCCL on a GPU (``cuda:LOCAL_RANK``), else gloo."""
         from backends.torch.distributed import TorchCollective
 
@@ -363,7 +376,7 @@ class TorchBackend(Backend):
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
-        self.collective = TorchCollective(rank, world, self.device)
+        self.collective = joined or TorchCollective(rank, world, self.device)
         return self.collective
 
     export_formats = ("torch",)
