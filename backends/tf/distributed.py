@@ -27,9 +27,9 @@ class TFCollective(Collective):
     """Sums and broadcasts of numpy vectors through collective ops, one op per (kind, dtype, length),
     built on first use: every rank builds them in the same order, so their instance keys agree."""
 
-    def __init__(self, rank: int, world: int, workers: list[str], threads: int):
+    def __init__(self, rank: int, world: int, workers: list[str], config):
+        """``config``: the process's session ``ConfigProto`` (threads, GPU), given the collective group leader."""
         self.rank, self.world = rank, world
-        config = _V1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=2)
         config.experimental.collective_group_leader = _LEADER
         cluster = tf.train.ClusterSpec({"worker": list(workers)})
         self.server = tf.distribute.Server(cluster, job_name="worker", task_index=rank, config=config, start=True)

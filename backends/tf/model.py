@@ -39,10 +39,13 @@ from compress_core.ir.init import init_params
 _V1 = tf.compat.v1
 
 
-def _session_config(intra: int, inter: int) -> _V1.ConfigProto:
+def session_config(intra: int, inter: int, gpu: str = "") -> _V1.ConfigProto:
+    """A session's threads; ``gpu``: the one GPU this process uses (``visible_device_list``, the same for
+    every session of a process), empty for all."""
     config = _V1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter,
                              allow_soft_placement=True)
     config.gpu_options.allow_growth = True
+    config.gpu_options.visible_device_list = gpu
     return config
 
 
@@ -603,6 +606,7 @@ class TFBackend(Backend):
     def __init__(self, intra_threads: int | None = None, inter_threads: int = 2, fused_bn: bool = False):
         """``fused_bn``: training-pass BatchNorm as one fused op (faster, less exact; see :func:`_bn`)."""
         self.intra_threads = int(intra_threads or os.cpu_count() or 1)
+        self.gpu = ""  # in a data-parallel run on GPUs: this process's (torchrun's LOCAL_RANK)
         self.inter_threads = int(inter_threads)
         self.fused_bn = bool(fused_bn)
 
@@ -624,7 +628,7 @@ class TFBackend(Backend):
             with tf.name_scope("infer"):
                 infer = _forward_pass(graph, x_nhwc, variables, "running", updates=[])
             assigner = _Assigner(variables)
-        session = _V1.Session(graph=tf_graph, config=_session_config(self.intra_threads, self.inter_threads))
+        session = _V1.Session(graph=tf_graph, config=session_config(self.intra_threads, self.inter_threads, self.gpu))
         assigner.run(session, tf_values)  # assigning a resource variable also initialises it
         model = TFModel(graph, tf_graph, session, x, x_nhwc, infer, variables, assigner)
         model.fused_bn = self.fused_bn
@@ -683,5 +687,8 @@ class TFBackend(Backend):
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:
             self.intra_threads = int(threads)
-        self.collective = joined or TFCollective(rank, world, list(workers), self.intra_threads)
+        if "LOCAL_RANK" in os.environ and tf.config.list_physical_devices("GPU"):
+            self.gpu = os.environ["LOCAL_RANK"]  # one GPU per process, as torchrun gives torch
+        self.collective = joined or TFCollective(rank, world, list(workers),
+                                                 session_config(self.intra_threads, 2, self.gpu))
         return self.collective
