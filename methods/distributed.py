@@ -5,10 +5,9 @@ A run of N processes is started by ``torchrun`` (which sets ``RANK``, ``WORLD_SI
 backend across machines, by starting each process with its ``TF_CONFIG``. Every process runs
 the same method code on the same weights; each takes its rows of every global batch
 (``iterate_batches(part=share())``), or every N-th batch of a pass that only reads
-(``stride=share()``), and the
-framework's own engine sums what the ranks computed (:class:`backends.base.Collective`):
-gradients in the trainer, statistics and metrics here. Only rank 0 writes to the work
-directory (:func:`is_main`). Nothing here imports a framework.
+(``stride=share()``), and the framework's own engine sums what the ranks computed
+(:class:`backends.base.Collective`): gradients in the trainer, statistics and metrics here.
+Only rank 0 writes to the work directory (:func:`is_main`). Nothing here imports a framework.
 """
 
 from __future__ import annotations
@@ -62,11 +61,6 @@ def rank() -> int:
         return _env_int("RANK", 0)
     cfg = tf_config()
     return cfg["index"] if cfg else 0
-
-
-def local_rank() -> int:
-    """This process's place on its machine (its GPU under torchrun)."""
-    return _env_int("LOCAL_RANK", 0)
 
 
 def local_world_size() -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,23 +59,23 @@ def _torchrun(*flags) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *flags]
 
 
-def _wait(procs) -> list[subprocess.CompletedProcess]:
-    out = []
-    for cmd, p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=TIMEOUT)
-        finally:
-            if p.poll() is None:
-                p.kill()
-        out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
-    return out
-
-
 def _launch(*cmds, envs=None) -> list[subprocess.CompletedProcess]:
-    """Start every command at once (they meet each other), wait for all of them."""
+    """Start every command at once (they meet each other), wait for all of them; whatever still runs
+    after the timeout is killed with its whole process group (a launcher's workers too)."""
     envs = envs or [_env()] * len(cmds)
-    return _wait([(c, subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)) for c, e in zip(cmds, envs)])
+    procs = [subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) for c, e in zip(cmds, envs)]
+    out = []
+    try:
+        for cmd, p in zip(cmds, procs):
+            stdout, stderr = p.communicate(timeout=TIMEOUT)
+            out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    return out
 
 
 def _two_machines(backend: str, calls: list[str]) -> list[subprocess.CompletedProcess]:
