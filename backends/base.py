@@ -114,7 +114,11 @@ class Trainer(abc.ABC):
         """One SGD step on a batch (``x`` NCHW float32, ``y`` int labels).
 
         Returns the value of every active loss term and ``loss`` (their sum),
-        computed before the update.
+        computed before the update. In a data-parallel run (``Backend.collective`` set when
+        the trainer was made) ``x`` and ``y`` are this rank's rows of the global batch (maybe
+        none) and the step is the global batch's: the per-image terms are summed over the
+        ranks and divided by the global image count, weight decay counts once, every rank
+        applies the same update and returns the global batch's values.
         """
 
     @abc.abstractmethod
@@ -139,10 +143,64 @@ class Trainer(abc.ABC):
         """Restore buffers written by :meth:`state` (from either backend)."""
 
 
+class Collective(abc.ABC):
+    """The framework's own engine summing and sharing numpy arrays across the processes of a
+    data-parallel run (``Backend.init_distributed``); every rank calls each method in the same order."""
+
+    rank: int
+    world: int
+
+    @abc.abstractmethod
+    def all_reduce(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Elementwise sums over the ranks, same shapes and dtypes (float32, float64, int64)."""
+
+    @abc.abstractmethod
+    def broadcast(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Rank 0's arrays on every rank (the others pass arrays of the same shapes and dtypes)."""
+
+    def barrier(self) -> None:
+        """Return once every rank called it."""
+        self.all_reduce([np.zeros(1, np.float32)])
+
+
+def pack(arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays flattened into one vector per dtype (one collective call each)."""
+    by: dict[str, list] = {}
+    for a in arrays:
+        by.setdefault(np.asarray(a).dtype.str, []).append(np.asarray(a).reshape(-1))
+    return {k: np.concatenate(v) for k, v in by.items()}
+
+
+def unpack(arrays: Sequence[np.ndarray], flat: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Inverse of :func:`pack`: the vectors cut back into arrays shaped as ``arrays``."""
+    offset = dict.fromkeys(flat, 0)
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        k = a.dtype.str
+        out.append(np.asarray(flat[k][offset[k]:offset[k] + a.size], a.dtype).reshape(a.shape))
+        offset[k] += a.size
+    return out
+
+
 class Backend(abc.ABC):
     """One framework. Stateless apart from the framework's own settings."""
 
     name: str
+    #: set by :meth:`init_distributed`: trainers then sum their gradients over the ranks
+    collective: Collective | None = None
+
+    def use_sync_bn(self) -> None:
+        """Normalise with the statistics of the global batch in data-parallel training (``--sync-bn``)."""
+        raise UserError(f"--sync-bn: the {self.name} backend has no synchronised BatchNorm")
+
+    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None,
+                         joined: Collective | None = None) -> Collective:
+        """Join a data-parallel run of ``world`` processes as ``rank`` (``methods.distributed.start``);
+        ``workers``: every rank's ``host:port``, for engines that need them (TensorFlow's cluster);
+        ``joined``: the collective of an earlier backend object of this process, which this one adopts
+        (a process joins a run once)."""
+        raise UserError(f"the {self.name} backend cannot run on several processes")
 
     @abc.abstractmethod
     def build(self, graph: Graph, params: Mapping[str, np.ndarray] | None = None) -> Model:

@@ -32,11 +32,25 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 accuracy (percent) and mean cross-entropy of ``logits`` against ``labels``."""
+def classification_sums(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``[correct, sum of cross-entropies, count]`` (float64) of ``logits`` against ``labels``: parts of a
+    split add up (the processes of a data-parallel run), :func:`metrics_from_sums` turns them into metrics."""
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels)
     if len(logits) == 0:
+        return np.zeros(3)
+    ce = -log_softmax(logits)[np.arange(len(labels)), labels].sum()
+    return np.array([float((logits.argmax(1) == labels).sum()), ce, float(len(labels))])
+
+
+def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy (percent) and mean cross-entropy from :func:`classification_sums`."""
+    correct, ce, n = (float(v) for v in sums)
+    if n == 0:
         return {"accuracy": float("nan"), "loss": float("nan")}
-    ce = -log_softmax(logits)[np.arange(len(labels)), labels].mean()
-    return {"accuracy": 100.0 * float((logits.argmax(1) == labels).mean()), "loss": float(ce)}
+    return {"accuracy": 100.0 * correct / n, "loss": ce / n}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy (percent) and mean cross-entropy of ``logits`` against ``labels``."""
+    return metrics_from_sums(classification_sums(logits, labels))

@@ -24,7 +24,7 @@ from compress_core import data
 from compress_core.criteria import discriminant
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import cdc
-from methods import common, report
+from methods import common, distributed, report
 from methods.cdc_distill import check_cdc, coarse_groups_for, distill
 
 STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
@@ -52,10 +52,14 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
     shapes = model.graph.shapes()
     num = {"fine": fine_k, "coarse": int(groups.max()) + 1 if groups is not None else 0}
     taps = sorted({t for t, _ in keys})
-    batches = data.iterate_batches(ctx.splits.train, c.score_batch_size, False)
-    total = data.num_batches(len(ctx.splits.train), c.score_batch_size)
+    streaming = c.scorer in STREAMING
+    # in a data-parallel run each rank reads every N-th batch and the class statistics are merged;
+    # di keeps whole feature maps, so each rank reads everything
+    rank, world = distributed.share() if streaming else (0, 1)
+    batches = data.iterate_batches(ctx.splits.train, c.score_batch_size, False, stride=(rank, world))
+    total = len(range(rank, data.num_batches(len(ctx.splits.train), c.score_batch_size), world))
     bn_batch = c.bn_mode == "batch"
-    if c.scorer in STREAMING:
+    if streaming:
         # channels are scored independently, so the taps of one label level and one map size share one
         # accumulator (their channels side by side): a few updates per batch instead of one per tap
         positions = {t: int(np.prod(shapes[t][1:])) for t in taps}
@@ -68,12 +72,14 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
         pending: list = []
         per_image = sum(shapes[t][0] for t in taps)  # buffered values per image (sum and norm each)
         for acts, y in tqdm(ctx.backend.stream_sums(model, batches, taps, bn_batch), total=total,
-                            desc="scoring", leave=False, disable=None):
+                            desc="scoring", leave=False, disable=distributed.quiet()):
             pending.append((acts, y))
             if sum(len(y) for _, y in pending) * per_image >= _MERGE_VALUES:
                 _merge(stats, bundles, pending, labels)
                 pending = []
         _merge(stats, bundles, pending, labels)
+        if distributed.active():
+            _merge_ranks(stats)
         result = {}
         for b, ts in bundles.items():
             scores = stats[b].scores(c.scorer, c.ridge)
@@ -82,7 +88,7 @@ def score_channels(ctx: common.Context, model, points, groups) -> list[np.ndarra
     else:
         feats = {key: [] for key in keys}
         for acts, y in tqdm(ctx.backend.stream(model, batches, taps, bn_batch), total=total,
-                            desc="scoring", leave=False, disable=None):
+                            desc="scoring", leave=False, disable=distributed.quiet()):
             for key in keys:
                 feats[key].append((acts[key[0]], labels(key[1], y)))
         result = {key: discriminant.di_scores(np.concatenate([f for f, _ in v]), np.concatenate([y for _, y in v]),
@@ -103,6 +109,16 @@ def _merge(stats: dict, bundles: dict, pending: list, labels) -> None:
         sums, norms = (np.concatenate([np.concatenate([a[t][j] for t in ts], axis=1) for a, _ in pending])
                        for j in (0, 1))
         stats[(lvl, p)].update_sums(sums, norms, p, labels(lvl, y))
+
+
+def _merge_ranks(stats: dict) -> None:
+    """Every rank's class statistics folded in rank order (Chan's merge): the same totals on every rank,
+    those of one pass over all batches up to float64 round-off."""
+    for key in sorted(stats):
+        merged = discriminant.ClassStats(stats[key].num_classes, stats[key].num_channels)
+        for moments in distributed.gather(stats[key].moments()):
+            merged.merge(*moments)
+        stats[key] = merged
 
 
 def plan_counts(ctx: common.Context, graph, points) -> list[int]:
@@ -126,7 +142,7 @@ def prune(ctx: common.Context, teacher):
     graph = teacher.graph
     points = cdc.mask_points(graph)
     groups = coarse_groups_for(ctx, teacher)
-    if os.path.exists(path) and os.path.exists(scores_path):
+    if distributed.agree(os.path.exists(path) and os.path.exists(scores_path)):
         common.log.info("pruned network found in %s: scoring skipped", path)
         saved = np.load(scores_path)
         keeps = [saved[f"keep_{i}"] for i in range(len(points))]
@@ -134,9 +150,10 @@ def prune(ctx: common.Context, teacher):
     scores = score_channels(ctx, teacher, points, groups)
     keeps = cdc.select_top(points, scores, plan_counts(ctx, graph, points), ctx.cfg.cdc.stream)
     small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps, ctx.cfg.cdc.stream)
-    np.savez(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
-             **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
-    checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
+    if distributed.is_main():
+        np.savez(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
+                 **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
+        checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
     return ctx.backend.build(small, params), points, keeps, groups
 
 
@@ -178,7 +195,8 @@ def run(ctx: common.Context) -> dict:
     table = report.format_table(rows)
     print(table)
     print("kept input channels per mask: " + ", ".join(f"{r['conv']} {r['after']}/{r['before']}" for r in layers))
-    plot_widths(ctx.path("widths.png"), layers)
+    if distributed.is_main():
+        plot_widths(ctx.path("widths.png"), layers)
     base = flops.count_macs(teacher.graph)
     metrics = {"backend": ctx.backend.name, "rows": rows, "layers": layers,
                "mac_fraction": rows[-1]["macs"] / base,

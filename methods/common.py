@@ -23,7 +23,14 @@ from compress_core import data, fileio
 from compress_core.data import config
 from compress_core.errors import UserError
 from compress_core.ir import checkpoint, flops, zoo
-from compress_core.schedule import classification_metrics, learning_rate
+from compress_core.ir.graph import Graph
+from compress_core.schedule import (
+    classification_metrics,
+    classification_sums,
+    learning_rate,
+    metrics_from_sums,
+)
+from methods import distributed
 
 HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
 log = logging.getLogger("compress")
@@ -52,6 +59,8 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     p.add_argument("--config", default=os.path.join(HYPERPARAMS, default_config),
                    help=f"hyperparameter file (default: hyperparams/{default_config})")
     p.add_argument("--workdir", default=None, help="output directory (default: the config's workdir)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel runs on GPUs: BatchNorm statistics of the global batch (SyncBatchNorm)")
     if extra:
         extra(p)
     args, rest = p.parse_known_args(argv)
@@ -122,6 +131,8 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     args, overrides = parse_args(argv, description, default_config, extra)
     cfg = config.load_config(args.config, overrides)
     backend = get_backend(args.backend)
+    if args.sync_bn:
+        backend.use_sync_bn()
     workdir = os.path.join(cfg.workdir, args.backend, subdir) if args.workdir is None else args.workdir
     check_workdir(workdir)
     splits = load_data(cfg)
@@ -134,6 +145,8 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     if check is not None:
         check(ctx)
     resolved = dict(config.config_to_dict(cfg), backend=args.backend, command=command)
+    if args.sync_bn:  # changes the training: a resumed run must use it too
+        resolved["sync_bn"] = True
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
         try:
@@ -151,10 +164,16 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
                     if old.get(k) != new.get(k)]
             raise UserError(f"work directory '{workdir}' holds a run with another config "
                             f"({'; '.join(diff[:4])}); choose another --workdir")
-    os.makedirs(workdir, exist_ok=True)
-    fileio.atomic_write_json(saved, resolved)
-    _setup_logging(os.path.join(workdir, "log.txt"))
-    log.info("backend %s, config %s, work directory %s", args.backend, args.config, workdir)
+    distributed.start(backend)  # the input is good: join the other processes of a data-parallel run
+    if distributed.is_main():
+        os.makedirs(workdir, exist_ok=True)
+        fileio.atomic_write_json(saved, resolved)
+        _setup_logging(os.path.join(workdir, "log.txt"))
+    else:  # the other ranks write nothing, print nothing and log only warnings
+        _setup_logging(None)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+    log.info("backend %s, config %s, work directory %s%s", args.backend, args.config, workdir,
+             f", {distributed.world_size()} processes" if distributed.active() else "")
     for k, v in config.flatten(cfg).items():
         log.debug("config %s = %r", k, v)
     return ctx
@@ -167,15 +186,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _setup_logging(path: str) -> None:
+def _setup_logging(path: str | None) -> None:
+    """``log.txt`` at ``path`` (everything) and stderr (info); without a path only warnings on stderr."""
     log.setLevel(logging.DEBUG)
     log.handlers.clear()
-    fh = logging.FileHandler(path)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if path is not None:
+        fh = logging.FileHandler(path)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
     sh = logging.StreamHandler(sys.stderr)
-    sh.setLevel(logging.INFO)
+    sh.setLevel(logging.INFO if path is not None else logging.WARNING)
     sh.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(fh)
     log.addHandler(sh)
     log.propagate = False
 
@@ -307,15 +328,20 @@ def load_model(backend, path: str, splits: data.DataSplits | None = None):
 
 
 def save_model(backend, model, path: str, **meta) -> None:
-    checkpoint.save_checkpoint(path, model.graph, backend.get_weights(model), meta)
+    """Write ``model`` to ``path`` (rank 0 of a data-parallel run only: the others write nothing)."""
+    if distributed.is_main():
+        checkpoint.save_checkpoint(path, model.graph, backend.get_weights(model), meta)
 
 
 def evaluate(backend, model, dataset: data.Dataset, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy (%) and loss of ``model`` on ``dataset`` (inference-mode BatchNorm)."""
+    """Accuracy (%) and loss of ``model`` on ``dataset`` (inference-mode BatchNorm); in a data-parallel
+    run each process evaluates every N-th batch and the sums are added up."""
     if len(dataset) == 0:
         return classification_metrics(np.zeros((0, 1)), dataset.y)
-    logits = backend.predict(model, (x for x, _ in data.iterate_batches(dataset, batch_size, False)))
-    return classification_metrics(logits, dataset.y)
+    sums = np.zeros(3)
+    for x, y in data.iterate_batches(dataset, batch_size, False, stride=distributed.share()):
+        sums += classification_sums(backend.forward(model, x)[0], y)
+    return metrics_from_sums(distributed.all_reduce([sums])[0])
 
 
 def cost(model) -> dict[str, int]:
@@ -376,24 +402,28 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
             state = json.load(f)
         backend.set_weights(model, checkpoint.load_checkpoint(os.path.join(snap, "last.safetensors"))[1])
         trainer.load_state(checkpoint.load_arrays(os.path.join(snap, "optimizer.safetensors")))
-        store.publish(snap, EPOCH_FILES)  # a kill may have stopped the mirroring half-way
+        if distributed.is_main():
+            store.publish(snap, EPOCH_FILES)  # a kill may have stopped the mirroring half-way
         log.info("[%s] resuming after epoch %d", stage, state["epoch"])
     elif os.path.exists(os.path.join(d, "state.json")):
         raise UserError(f"{d} holds a stage written by an older version of this library (no epoch-NNNNNN "
                         f"folder to resume from); choose another --workdir")
+    if distributed.active():  # every rank starts from rank 0's weights and optimiser state
+        _share_from_main(backend, model, trainer)
     augment = data.flip_and_crop if tcfg.augment else None
     for epoch in range(state["epoch"], tcfg.epochs):
-        if on_epoch and on_epoch(epoch, trainer):
+        if on_epoch and distributed.agree(on_epoch(epoch, trainer)):
             log.info("[%s] stopping rule met before epoch %d", stage, epoch + 1)
             state["stopped"] = epoch
             break
         lr = learning_rate(epoch, tcfg.lr, tcfg.schedule, tcfg.epochs, tcfg.milestones, tcfg.gamma)
         rng = np.random.default_rng([ctx.cfg.seed, epoch])
-        batches = data.iterate_batches(splits.train, tcfg.batch_size, True, rng, augment)
+        # each rank steps on its rows of the global batches; the trainer sums the gradients
+        batches = data.iterate_batches(splits.train, tcfg.batch_size, True, rng, augment, part=distributed.share())
         t0, sums, n = time.time(), {}, 0
         bar = tqdm(batches, total=data.num_batches(len(splits.train), tcfg.batch_size),
-                   desc=f"{stage} {epoch + 1}/{tcfg.epochs}", leave=False, disable=None)
-        for x, y in bar:
+                   desc=f"{stage} {epoch + 1}/{tcfg.epochs}", leave=False, disable=distributed.quiet())
+        for b, (x, y) in enumerate(bar):
             out = trainer.step(x, y, lr, **(batch_extras(x) if batch_extras else {}))
             if not np.isfinite(out["loss"]):
                 good = (f"; the last good checkpoint is {os.path.join(d, 'last.safetensors')} (epoch "
@@ -402,10 +432,13 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
                                 f"{lr:g}): training stopped{good}")
             if on_step:
                 on_step(lr, trainer)
+            size = min(tcfg.batch_size, len(splits.train) - b * tcfg.batch_size)  # the global batch's
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            n += len(y)
+                sums[k] = sums.get(k, 0.0) + v * size
+            n += size
             bar.set_postfix(loss=f"{out['loss']:.3f}")
+        if distributed.active():  # BatchNorm running statistics as DDP keeps them: rank 0's
+            _share_from_main(backend, model, names=[k for k in model.graph.param_shapes() if Graph.is_buffer(k)])
         val = evaluate(backend, model, splits.val)
         row = {"epoch": epoch + 1, "lr": lr, "time_s": round(time.time() - t0, 2),
                **{f"train_{k}": v / n for k, v in sums.items()},
@@ -413,24 +446,44 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         state["history"].append(row)
         log.info("[%s] epoch %d/%d lr %.4g loss %.4f val acc %.2f%% (%.1fs)", stage, epoch + 1,
                  tcfg.epochs, lr, row["train_loss"], val["accuracy"], row["time_s"])
-        previous = store.latest()
-        tmp = store.begin(epoch + 1)
-        save_model(backend, model, os.path.join(tmp, "last.safetensors"), epoch=epoch + 1)
-        if val["accuracy"] > state["best_val"] or previous is None:
+        best_is_last = val["accuracy"] > state["best_val"] or state["best_epoch"] < 0
+        if best_is_last:
             state["best_val"], state["best_epoch"] = val["accuracy"], epoch + 1
-            fileio.link_or_copy(os.path.join(tmp, "last.safetensors"), os.path.join(tmp, "best.safetensors"))
-        else:
-            fileio.link_or_copy(os.path.join(previous[1], "best.safetensors"), os.path.join(tmp, "best.safetensors"))
-        checkpoint.save_arrays(os.path.join(tmp, "optimizer.safetensors"), trainer.state())
         state["epoch"] = epoch + 1
-        fileio.atomic_write_json(os.path.join(tmp, "state.json"), state)
-        store.publish(store.commit(epoch + 1, tmp), EPOCH_FILES)
+        if distributed.is_main():
+            _commit(store, backend, model, trainer, state, best_is_last)
+    distributed.barrier()  # rank 0's last set is on disk
     latest = store.latest()
     if latest is not None:
         backend.set_weights(model, checkpoint.load_checkpoint(os.path.join(latest[1], "best.safetensors"))[1])
     return state
 
 
+def _commit(store: fileio.Snapshots, backend, model, trainer, state: dict, best_is_last: bool) -> None:
+    """Write the set of epoch ``state["epoch"]`` (model, best model, optimiser, history) and mirror it."""
+    epoch, previous = state["epoch"], store.latest()
+    tmp = store.begin(epoch)
+    save_model(backend, model, os.path.join(tmp, "last.safetensors"), epoch=epoch)
+    best = os.path.join(tmp, "last.safetensors") if best_is_last else os.path.join(previous[1], "best.safetensors")
+    fileio.link_or_copy(best, os.path.join(tmp, "best.safetensors"))
+    checkpoint.save_arrays(os.path.join(tmp, "optimizer.safetensors"), trainer.state())
+    fileio.atomic_write_json(os.path.join(tmp, "state.json"), state)
+    store.publish(store.commit(epoch, tmp), EPOCH_FILES)
+
+
+def _share_from_main(backend, model, trainer=None, names=None) -> None:
+    """Rank 0's weights (or only ``names``) and optimiser state on every rank."""
+    weights = backend.get_weights(model, names)
+    keys = sorted(weights)
+    backend.set_weights(model, dict(zip(keys, distributed.broadcast([weights[k] for k in keys]))),
+                        strict=names is None)
+    if trainer is not None:
+        opt = trainer.state()
+        keys = sorted(opt)
+        trainer.load_state(dict(zip(keys, distributed.broadcast([opt[k] for k in keys]))))
+
+
 def write_metrics(ctx: Context, metrics: dict) -> None:
-    fileio.atomic_write_json(ctx.path("metrics.json"), metrics)
-    log.info("metrics written to %s", ctx.path("metrics.json"))
+    if distributed.is_main():
+        fileio.atomic_write_json(ctx.path("metrics.json"), metrics)
+        log.info("metrics written to %s", ctx.path("metrics.json"))

@@ -35,7 +35,7 @@ from compress_core.criteria import dcff as crit
 from compress_core.fileio import atomic_write_json
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import dcff
-from methods import common, report
+from methods import common, distributed, report
 
 #: the released code's schedule: t_s, t_e and k, with t computed per epoch (t = 1, 4622, 7616, ...)
 PAPER_SCHEDULE = (1.0, 1e4, 1.0)
@@ -67,20 +67,36 @@ class Selector:
             with open(self.path) as f:
                 self.record = json.load(f)
 
+    def select(self, t: float) -> tuple[dict, dict]:
+        """:func:`dcff.select_and_fuse` computed once, on rank 0, and sent to every rank of a data-parallel
+        run, so that all of them fuse the same filters."""
+        if not distributed.active():
+            return dcff.select_and_fuse(self.ctx.backend.get_weights(self.model), self.groups, t)
+        if distributed.is_main():
+            fusion, keeps = dcff.select_and_fuse(self.ctx.backend.get_weights(self.model), self.groups, t)
+        else:  # arrays of the right shapes to receive into
+            shapes = self.model.graph.param_shapes()
+            fusion = {k: np.zeros(v, np.float32) for k, v in shapes.items() if k.endswith(".fusion")}
+            keeps = {g.name: np.zeros(g.m, np.int64) for g in self.groups}
+        f, k = sorted(fusion), sorted(keeps)
+        values = distributed.broadcast([fusion[n] for n in f] + [keeps[n] for n in k])
+        return dict(zip(f, values[:len(f)])), dict(zip(k, values[len(f):]))
+
     def __call__(self, epoch: int, trainer=None) -> None:
         ctx, rec = self.ctx, self.record
         t = temperature_at(ctx.cfg, epoch)
         if epoch == 0 and self.initial is not None:
             fusion, keeps = self.initial
         else:
-            fusion, keeps = dcff.select_and_fuse(ctx.backend.get_weights(self.model), self.groups, t)
+            fusion, keeps = self.select(t)
         ctx.backend.set_weights(self.model, fusion, strict=False)
         prev = rec["previous"] if rec["epoch"] == epoch else rec["keeps"]
         changed = {g: int(len(k) - np.intersect1d(k, prev[g]).size) for g, k in keeps.items() if g in prev}
         row = {"epoch": epoch + 1, "t": t, "softness": dcff.softness(fusion), "changed": changed}
         rec.update(epoch=epoch, previous=prev, keeps={g: k.tolist() for g, k in keeps.items()},
                    epochs=[r for r in rec["epochs"] if r["epoch"] <= epoch] + [row])
-        atomic_write_json(self.path, rec)
+        if distributed.is_main():
+            atomic_write_json(self.path, rec)
         common.log.info("[dcff] epoch %d: t %.4g, fused filters give %.3f to their own filter, kept indices "
                         "changed in %d of %d groups (%d in total)", epoch + 1, t, row["softness"],
                         sum(v > 0 for v in changed.values()), len(keeps), sum(changed.values()))
@@ -118,8 +134,9 @@ def run(ctx: common.Context) -> dict:
     # float32 round-off of fusion @ W (in the framework) vs the exported product: relative to the logits' scale
     gap = float(np.max(np.abs(fused_logits - backend.forward(compact, x)[0])) / max(1.0, np.max(np.abs(fused_logits))))
     export = ctx.path("dcff.safetensors")
-    checkpoint.save_checkpoint(export, small, small_params,
-                               {"method": "dcff", "rates": rates, "schedule": cfg.dcff.schedule})
+    if distributed.is_main():
+        checkpoint.save_checkpoint(export, small, small_params,
+                                   {"method": "dcff", "rates": rates, "schedule": cfg.dcff.schedule})
     rows = [{"model": "unpruned (not trained)", **flops.summary(full), "val_accuracy": None, "test_accuracy": None},
             common.summary_row(ctx, "dcff compact", compact)]
     report.add_latencies(backend, rows, [backend.build(full), compact], 20)

@@ -19,7 +19,7 @@ import sys
 from compress_core.fileio import atomic_write_json
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import decompose
-from methods import common, report
+from methods import common, distributed, report
 
 
 def candidates(graph, d) -> list[str]:
@@ -83,7 +83,7 @@ def plan(ctx: common.Context, graph, params, names, fc_kind: str | None = None):
 def decompose_model(ctx: common.Context, teacher):
     """The decomposed network before fine-tuning; resumes from ``decomposed.safetensors``."""
     path, rec_path = ctx.path("decomposed.safetensors"), ctx.path("layers.json")
-    if os.path.exists(path) and os.path.exists(rec_path):
+    if distributed.agree(os.path.exists(path) and os.path.exists(rec_path)):
         common.log.info("decomposed network found in %s: decomposition skipped", path)
         with open(rec_path) as f:
             return common.load_model(ctx.backend, path), json.load(f)
@@ -93,8 +93,9 @@ def decompose_model(ctx: common.Context, teacher):
         names = [n for n in names if graph[n].op != "dense"]
     reps, records = plan(ctx, graph, params, names)
     small, sp = decompose.apply(graph, params, reps)
-    checkpoint.save_checkpoint(path, small, sp, {"method": f"decompose-{ctx.cfg.decompose.method}"})
-    atomic_write_json(rec_path, records)
+    if distributed.is_main():
+        checkpoint.save_checkpoint(path, small, sp, {"method": f"decompose-{ctx.cfg.decompose.method}"})
+        atomic_write_json(rec_path, records)
     return ctx.backend.build(small, sp), records
 
 

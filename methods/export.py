@@ -30,7 +30,7 @@ from compress_core.errors import UserError
 from compress_core.ir import checkpoint, flops
 from compress_core.ir.onnx_export import to_onnx
 from compress_core.schedule import classification_metrics
-from methods import common, report
+from methods import common, distributed, report
 
 #: format -> the backend that writes it (None: written from numpy) and the runtime that runs it
 FORMATS = {"onnx": (None, "ONNX Runtime"), "torch": ("torch", "torch.export"),
@@ -62,6 +62,8 @@ def export(backend, graph, params, fmt: str, out: str, quantize: str | None = No
 
 
 def run(ctx: common.Context) -> dict:
+    if not distributed.is_main():  # one file, written and timed once: the other ranks of a launch idle
+        return {}
     args = ctx.args
     graph, params, _ = checkpoint.load_checkpoint(args.checkpoint)
     model = ctx.backend.build(graph, params)

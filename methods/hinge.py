@@ -30,7 +30,7 @@ from compress_core.criteria import group_sparsity
 from compress_core.fileio import atomic_write_json
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import hinge
-from methods import common, report
+from methods import common, distributed, report
 
 
 class Search:
@@ -84,7 +84,8 @@ class Search:
         """Log the MAC ratio at the initial threshold; True (stop) once it is within ``stop_limit``."""
         if self.p1:
             trainer.set_lr_factors(self.grad_ratio.scales())
-            atomic_write_json(self.grad_ratio_path, vars(self.grad_ratio))
+            if distributed.is_main():
+                atomic_write_json(self.grad_ratio_path, vars(self.grad_ratio))
         if epoch == 0:
             return False
         r = self.ratio()
@@ -142,7 +143,7 @@ def print_layers(rows: list[dict]) -> str:
 def compress(ctx: common.Context, teacher):
     """Search, threshold search and surgery; resumes from ``compressed.safetensors``."""
     path = ctx.path("compressed.safetensors")
-    if os.path.exists(path):
+    if distributed.agree(os.path.exists(path)):
         common.log.info("compressed network found in %s: search skipped", path)
         graph, params, meta = checkpoint.load_checkpoint(path)
         return ctx.backend.build(graph, params), meta
@@ -161,7 +162,8 @@ def compress(ctx: common.Context, teacher):
     layers = hinge.layer_table(teacher.graph, graph)
     meta = {"method": "hinge", "tau": tau, "mac_ratio": ratio, "threshold_search": how,
             "search_epochs": ratios[-1]["epoch"] if ratios else 0, "search": ratios, "layers": layers}
-    checkpoint.save_checkpoint(path, graph, params, meta)
+    if distributed.is_main():
+        checkpoint.save_checkpoint(path, graph, params, meta)
     return ctx.backend.build(graph, params), meta
 
 

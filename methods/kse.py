@@ -25,7 +25,7 @@ import numpy as np
 from compress_core.criteria.kse import kse_indicator
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import kse
-from methods import common, report
+from methods import common, distributed, report
 
 
 # -- centroid training ------------------------------------------------------------------------------
@@ -91,14 +91,15 @@ def load_codes(path: str, params) -> dict:
 def compress(ctx: common.Context, teacher):
     """Indicator, clustering, the dense-form network; resumes from ``compressed.safetensors``."""
     path, codes_path = ctx.path("compressed.safetensors"), ctx.path("codes.npz")
-    if os.path.exists(path) and os.path.exists(codes_path):
+    if distributed.agree(os.path.exists(path) and os.path.exists(codes_path)):
         common.log.info("compressed network found in %s: indicator and clustering skipped", path)
         graph, params, meta = checkpoint.load_checkpoint(path)
         return ctx.backend.build(graph, params), load_codes(codes_path, params), meta["layers"]
     codes, layers = make_codes(ctx.cfg, teacher.graph, ctx.backend.get_weights(teacher))
     graph, params, codes = kse.compress(teacher.graph, ctx.backend.get_weights(teacher), codes)
-    save_codes(codes_path, codes)
-    checkpoint.save_checkpoint(path, graph, params, {"method": "kse", "form": "dense", "layers": layers})
+    if distributed.is_main():
+        save_codes(codes_path, codes)
+        checkpoint.save_checkpoint(path, graph, params, {"method": "kse", "form": "dense", "layers": layers})
     return ctx.backend.build(graph, params), codes, layers
 
 
@@ -126,7 +127,9 @@ def run(ctx: common.Context) -> dict:
         form = "dense" if rows[2][f"latency_b{batch}_ms"] <= rows[3][f"latency_b{batch}_ms"] else "shared"
     graph, params = (student.graph, weights) if form == "dense" else (shared_graph, shared_params)
     export = ctx.path("kse.safetensors")
-    checkpoint.save_checkpoint(export, graph, params, {"method": "kse", "form": form, "from": teacher.graph.arch})
+    if distributed.is_main():
+        checkpoint.save_checkpoint(export, graph, params, {"method": "kse", "form": form,
+                                                           "from": teacher.graph.arch})
     print(report.format_table(rows, batch))
     print("the shared form's MACs count its 1x1 sum of ones (additions) as MACs")
     base = flops.summary(teacher.graph)

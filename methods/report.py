@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from methods import distributed
+
 THROUGHPUT_BATCH = 32
 COLUMNS = ("model", "params", "macs", "mac_fraction", "val_accuracy", "test_accuracy", "latency_b1_ms",
            f"latency_b{THROUGHPUT_BATCH}_ms", "speedup_per_mac_reduction")
@@ -47,10 +49,13 @@ def add_latencies(backend, rows: list[dict], models: list, repeats: int = 20,
                   batches: tuple[int, ...] = (1, THROUGHPUT_BATCH)) -> None:
     """Latency columns of every row (its model timed with :func:`interleaved_ms`; a model shared by
     several rows, the same object, is timed once), then the MAC fraction and the speedup per MAC
-    reduction against the first row."""
+    reduction against the first row. In a data-parallel run rank 0 times and sends the times to the
+    others, which wait idle meanwhile so as not to disturb the timing."""
     distinct = list({id(m): m for m in models}.values())
     for b in batches:
-        ms = dict(zip(map(id, distinct), interleaved_ms(backend, distinct, b, repeats)))
+        times = interleaved_ms(backend, distinct, b, repeats) if distributed.is_main() else [0.0] * len(distinct)
+        times = distributed.broadcast([np.asarray(times, np.float64)])[0].tolist()
+        ms = dict(zip(map(id, distinct), times))
         for row, m in zip(rows, models):
             row[f"latency_b{b}_ms"] = ms[id(m)]
     finish(rows, batches[-1])

@@ -39,10 +39,13 @@ from compress_core.ir.init import init_params
 _V1 = tf.compat.v1
 
 
-def _session_config(intra: int, inter: int) -> _V1.ConfigProto:
+def session_config(intra: int, inter: int, gpu: str = "") -> _V1.ConfigProto:
+    """A session's threads; ``gpu``: the one GPU this process uses (``visible_device_list``, the same for
+    every session of a process), empty for all."""
     config = _V1.ConfigProto(intra_op_parallelism_threads=intra, inter_op_parallelism_threads=inter,
                              allow_soft_placement=True)
     config.gpu_options.allow_growth = True
+    config.gpu_options.visible_device_list = gpu
     return config
 
 
@@ -412,10 +415,17 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
 
 
 class TFTrainer(Trainer):
-    """Loss on the training pass + ``MomentumOptimizer``; BN running statistics update in the step."""
+    """Loss on the training pass + ``MomentumOptimizer``; BN running statistics update in the step.
 
-    def __init__(self, model: TFModel, loss: LossSpec, optim: OptimSpec):
-        self.model, self.loss_spec = model, loss
+    In a data-parallel run (``collective`` given) a step is two session runs around one all-reduce:
+    the first computes this rank's sums of the per-image terms and their gradients (and the
+    BatchNorm updates), the collective sums them with the image count over the ranks, the
+    second applies ``sum / count + weight_decay * w`` with the optimiser.
+    """
+
+    def __init__(self, model: TFModel, loss: LossSpec, optim: OptimSpec, collective=None):
+        self.model, self.loss_spec, self.collective = model, loss, collective
+        shared = collective is not None
         g = model.graph
         self._kd = loss.kd_weight > 0
         self._feature = loss.feature_weight > 0
@@ -430,33 +440,40 @@ class TFTrainer(Trainer):
                              if self._kd else None)
             logits = train[g.output]
             terms = {}
+            # shared: per-image terms summed over this rank's rows, weight decay added once after the sum
+            reduce = tf.reduce_sum if shared else tf.reduce_mean
             if loss.ce_weight > 0:
-                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    labels=self._y, logits=logits))
+                ce = reduce(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=self._y, logits=logits))
                 terms["ce"] = ce if loss.ce_weight == 1.0 else loss.ce_weight * ce
+            decayed = [k for k in model.trainable if g[k.rsplit(".", 1)[0]].op in ("conv", "dense", "diagonal")]
+            wd = None
             if loss.weight_decay > 0:
-                decayed = [model.variables[k] for k in model.trainable
-                           if g[k.rsplit(".", 1)[0]].op in ("conv", "dense", "diagonal")]
-                terms["wd"] = 0.5 * loss.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(v)) for v in decayed])
+                wd = 0.5 * loss.weight_decay * tf.add_n(
+                    [tf.reduce_sum(tf.square(model.variables[k])) for k in decayed])
+                if not shared:
+                    terms["wd"] = wd
             if self._kd:
                 T = float(loss.kd_temperature)
                 log_ps = tf.nn.log_softmax(logits / T)
                 log_pt = tf.nn.log_softmax(self._teacher / T)
                 kl = tf.reduce_sum(tf.exp(log_pt) * (log_pt - log_ps), axis=1)
-                terms["kd"] = loss.kd_weight * T * T * tf.reduce_mean(kl)
+                terms["kd"] = loss.kd_weight * T * T * reduce(kl)
             if self._feature:
                 self._dim = int(np.prod(g.shapes()[loss.feature_tap]))
                 self._P = _V1.placeholder(tf.float32, [self._dim, None], name="projection")
                 self._target = _V1.placeholder(tf.float32, [None, None], name="feature_target")
                 z = _flatten_nchw(train[loss.feature_tap], self._dim)
-                terms["feature"] = loss.feature_weight * tf.reduce_mean(
-                    tf.square(tf.matmul(z, self._P) - self._target))
-            if not terms:
+                sq = tf.square(tf.matmul(z, self._P) - self._target)
+                terms["feature"] = loss.feature_weight * (tf.reduce_sum(tf.reduce_mean(sq, 1)) if shared
+                                                          else tf.reduce_mean(sq))
+            if not terms and wd is None:
                 raise UserError("loss has no active term (ce_weight, weight_decay, kd_weight and "
                                 "feature_weight are all 0)")
-            total = tf.add_n(list(terms.values())) if len(terms) > 1 else tf.identity(terms[next(iter(terms))])
-            self._fetch = dict(terms, loss=total)
+            if shared:
+                self._shared_graph(terms, wd, decayed)
+            else:
+                total = tf.add_n(list(terms.values())) if len(terms) > 1 else tf.identity(terms[next(iter(terms))])
+                self._fetch = dict(terms, loss=total)
             # one optimiser per (lr group, multiplier) (OptimSpec.lr_group / lr_scale), one gradient pass;
             # a group's factor (set_lr_factors) is fed with every step, 1 by default
             groups = optim.groups(model.trainable)
@@ -468,16 +485,20 @@ class TFTrainer(Trainer):
                     for g, s in dict.fromkeys(groups.values())}
             owner = {k: opts[key] for k, key in groups.items()}
             var_list = [model.variables[k] for k in model.trainable]
-            grads = next(iter(opts.values())).compute_gradients(total, var_list)
+            if shared:  # the summed gradients, fed
+                grads = list(zip(self._summed, var_list))
+            else:
+                grads = next(iter(opts.values())).compute_gradients(total, var_list)
             index = {k: i for i, k in enumerate(model.trainable)}
             self._grads = {k: grads[index[k]][0] for k in optim.gradients_of}
             self._last_grads: dict[str, np.ndarray] = {}
-            # the fetched terms come from pre-update values
-            with tf.control_dependencies(list(self._fetch.values())):
+            # the fetched terms (and gradients) come from pre-update values
+            with tf.control_dependencies(list(self._fetch.values()) + list(self._grads.values())):
                 apply = tf.group(*[o.apply_gradients([gv for gv, k in zip(grads, model.trainable) if owner[k] is o])
                                    for o in opts.values()])
             # BN running statistics update in the same session.run (they read only batch moments
             # and running statistics; no ordering with the weight update is needed)
+            self._apply = apply
             self._train_op = [apply] + model.bn_updates
             self._slots = {}
             for k in model.trainable:
@@ -486,6 +507,33 @@ class TFTrainer(Trainer):
                     self._slots[k] = slot
             self._assigner = _Assigner(self._slots)
             model.session.run(_V1.variables_initializer([v for o in opts.values() for v in o.variables()]))
+
+    def _shared_graph(self, terms: dict, wd, decayed: list[str]) -> None:
+        """A data-parallel step's tensors: ``_local`` (this rank's gradient sums, image count and term sums
+        in one vector), ``_incoming`` (the vector summed over the ranks, fed), ``_summed`` (each
+        variable's gradient of the global batch) and ``_fetch`` (the global batch's loss terms)."""
+        m = self.model
+        variables = [m.variables[k] for k in m.trainable]
+        self._terms = list(terms)
+        total = tf.add_n(list(terms.values())) if terms else None
+        local = (tf.gradients(total, variables) if total is not None else [None] * len(variables))
+        local = [tf.zeros_like(v) if d is None else tf.convert_to_tensor(d) for d, v in zip(local, variables)]
+        head = [tf.cast(tf.shape(self._y)[0], tf.float32)] + [terms[k] for k in self._terms]
+        self._local = tf.concat([tf.reshape(d, [-1]) for d in local] + [tf.stack(head)], 0)
+        self._width = sum(int(np.prod(v.shape)) for v in variables) + len(head)
+        self._incoming = _V1.placeholder(tf.float32, [self._width], name="summed")
+        count = self._incoming[-len(head)]
+        parts = tf.split(self._incoming[:-len(head)], [int(np.prod(v.shape)) for v in variables])
+        self._summed = [tf.reshape(p, v.shape) / count for p, v in zip(parts, variables)]
+        if wd is not None:
+            rate = float(self.loss_spec.weight_decay)
+            self._summed = [d + rate * v if k in decayed else d for d, v, k in zip(self._summed, variables, m.trainable)]
+        sums = self._incoming[-len(head) + 1:] if self._terms else None
+        self._fetch = {k: sums[i] / count for i, k in enumerate(self._terms)}
+        if wd is not None:
+            self._fetch["wd"] = wd
+        order = [k for k in ("ce", "wd", "kd", "feature") if k in self._fetch]
+        self._fetch["loss"] = tf.add_n([self._fetch[k] for k in order])
 
     def set_projection(self, projection: np.ndarray) -> None:
         """The ``[D, k]`` matrix of the feature term, fed with every step."""
@@ -510,6 +558,15 @@ class TFTrainer(Trainer):
             feed[self._P] = self._projection
             feed[self._target] = np.asarray(feature_target, np.float32)
         feed.update({self._factor[g]: f for g, f in self._factors.items()})
+        if self.collective is not None:
+            # an empty share runs nothing (its BatchNorm moments would be NaN) and adds zeros
+            local = (m.session.run([self._local] + self.model.bn_updates, feed_dict=feed)[0] if len(y)
+                     else np.zeros(self._width, np.float32))
+            feed = {self._incoming: self.collective.all_reduce([local])[0], self._lr: float(lr)}
+            feed.update({self._factor[g]: f for g, f in self._factors.items()})
+            _, values, grads = m.session.run([self._apply, self._fetch, self._grads], feed_dict=feed)
+            self._last_grads = {k: layout.from_tf(k, v) for k, v in grads.items()}
+            return {k: float(v) for k, v in values.items()}
         _, values, grads = m.session.run([self._train_op, self._fetch, self._grads], feed_dict=feed)
         self._last_grads = {k: layout.from_tf(k, v) for k, v in grads.items()}
         return {k: float(v) for k, v in values.items()}
@@ -549,6 +606,7 @@ class TFBackend(Backend):
     def __init__(self, intra_threads: int | None = None, inter_threads: int = 2, fused_bn: bool = False):
         """``fused_bn``: training-pass BatchNorm as one fused op (faster, less exact; see :func:`_bn`)."""
         self.intra_threads = int(intra_threads or os.cpu_count() or 1)
+        self.gpu = ""  # in a data-parallel run on GPUs: this process's (torchrun's LOCAL_RANK)
         self.inter_threads = int(inter_threads)
         self.fused_bn = bool(fused_bn)
 
@@ -570,7 +628,7 @@ class TFBackend(Backend):
             with tf.name_scope("infer"):
                 infer = _forward_pass(graph, x_nhwc, variables, "running", updates=[])
             assigner = _Assigner(variables)
-        session = _V1.Session(graph=tf_graph, config=_session_config(self.intra_threads, self.inter_threads))
+        session = _V1.Session(graph=tf_graph, config=session_config(self.intra_threads, self.inter_threads, self.gpu))
         assigner.run(session, tf_values)  # assigning a resource variable also initialises it
         model = TFModel(graph, tf_graph, session, x, x_nhwc, infer, variables, assigner)
         model.fused_bn = self.fused_bn
@@ -616,7 +674,24 @@ class TFBackend(Backend):
         return {n: (a, b, c) for n, a, b, c in zip(taps, np.split(s, cuts, 1), np.split(q, cuts, 1), counts)}
 
     def trainer(self, model: TFModel, loss: LossSpec, optim: OptimSpec | None = None) -> TFTrainer:
-        return TFTrainer(model, loss, optim or OptimSpec())
+        return TFTrainer(model, loss, optim or OptimSpec(), self.collective)
+
+    def init_distributed(self, rank: int, world: int, workers: Sequence[str] | None = None, joined=None):
+        """A ``tf.distribute.Server`` of the cluster ``workers`` (``host:port`` of every rank, in rank
+        order) and TensorFlow's collective ops over it; ``OMP_NUM_THREADS``, when set, bounds the
+        threads of every session of this process (several processes share a machine)."""
+        from backends.tf.distributed import TFCollective
+
+        if not workers or len(workers) != world:
+            raise UserError(f"a TensorFlow run of {world} processes needs the address of each (TF_CONFIG)")
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            self.intra_threads = int(threads)
+        if "LOCAL_RANK" in os.environ and tf.config.list_physical_devices("GPU"):
+            self.gpu = os.environ["LOCAL_RANK"]  # one GPU per process, as torchrun gives torch
+        self.collective = joined or TFCollective(rank, world, list(workers),
+                                                 session_config(self.intra_threads, 2, self.gpu))
+        return self.collective
 
     export_formats = ("savedmodel", "tflite", "keras")
 

@@ -6,6 +6,7 @@ here is interpreting the graph and the training step of the contract.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -117,8 +118,8 @@ def _grad(t: torch.Tensor) -> np.ndarray:
 
 
 class TorchTrainer(Trainer):
-    def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec):
-        self.model, self.loss = model, loss
+    def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec, collective=None):
+        self.model, self.loss, self.collective = model, loss, collective
         self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
         self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
         # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
@@ -142,7 +143,9 @@ class TorchTrainer(Trainer):
     def set_projection(self, projection):
         self.projection = torch.as_tensor(np.asarray(projection, np.float32), device=self.model.device)
 
-    def step(self, x, y, lr, teacher_logits=None, feature_target=None):
+    def _terms(self, x, y, teacher_logits, feature_target, shared: bool) -> dict[str, torch.Tensor]:
+        """The loss terms of a batch in training mode; ``shared``: the per-image terms as sums over the
+        batch (a rank's share of a global batch) and no weight decay (added once, after the sum)."""
         m, spec = self.model, self.loss
         m.module.train()
         taps = (spec.feature_tap,) if spec.feature_weight else ()
@@ -150,33 +153,76 @@ class TorchTrainer(Trainer):
         target = torch.as_tensor(y, dtype=torch.long, device=m.device)
         terms = {}
         if spec.ce_weight:
-            terms["ce"] = spec.ce_weight * F.cross_entropy(logits, target)
-        if spec.weight_decay:
-            terms["wd"] = 0.5 * spec.weight_decay * sum((t * t).sum() for t in self.decayed)
+            terms["ce"] = spec.ce_weight * F.cross_entropy(logits, target, reduction="sum" if shared else "mean")
+        if spec.weight_decay and not shared:
+            terms["wd"] = self._decay()
         if spec.kd_weight:
             if teacher_logits is None:
                 raise UserError("the loss has a kd term but no teacher logits were given")
             T = spec.kd_temperature
             t = torch.as_tensor(teacher_logits, device=m.device)
-            kl = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t / T, 1), reduction="batchmean",
-                          log_target=True)
+            kl = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t / T, 1),
+                          reduction="sum" if shared else "batchmean", log_target=True)
             terms["kd"] = spec.kd_weight * T * T * kl
         if spec.feature_weight:
             if feature_target is None or self.projection is None:
                 raise UserError("the loss has a feature term but no projection or target was given")
             z = torch.flatten(acts[spec.feature_tap], 1) @ self.projection
             t = torch.as_tensor(np.asarray(feature_target, np.float32), device=m.device)
-            terms["feature"] = spec.feature_weight * ((z - t) ** 2).mean()
-        total = sum(terms.values())
+            sq = (z - t) ** 2
+            terms["feature"] = spec.feature_weight * (sq.mean(1).sum() if shared else sq.mean())
+        return terms
+
+    def _decay(self) -> torch.Tensor:
+        return 0.5 * self.loss.weight_decay * sum((t * t).sum() for t in self.decayed)
+
+    def _shared_backward(self, x, y, teacher_logits, feature_target) -> dict[str, float]:
+        """Gradients of the global batch from this rank's rows: local sums of the per-image terms and
+        their gradients, one all-reduce (with the image count), divided by the global count; then the
+        weight decay's gradient ``wd * w`` once."""
+        spec, device = self.loss, self.model.device
+        names = [k for k, w in (("ce", spec.ce_weight), ("kd", spec.kd_weight), ("feature", spec.feature_weight))
+                 if w]
+        terms = self._terms(x, y, teacher_logits, feature_target, True) if len(y) else {}
+        if terms:
+            sum(terms.values()).backward()
+        params = list(self.named.values())
+        head = torch.tensor([float(len(y))] + [0.0] * len(names), device=device)
+        for i, k in enumerate(names):
+            if k in terms:
+                head[i + 1] = terms[k].detach()
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                         + [head])
+        self.collective.all_reduce_tensor(flat)
+        count, sums = flat[-len(head)], flat[-len(head) + 1:]
+        offset = 0
+        for p in params:
+            p.grad = (flat[offset:offset + p.numel()] / count).view_as(p)
+            offset += p.numel()
+        out = {k: float(sums[i] / count) for i, k in enumerate(names)}
+        if spec.weight_decay:
+            with torch.no_grad():
+                out["wd"] = float(self._decay())
+                for t in self.decayed:
+                    t.grad.add_(t, alpha=spec.weight_decay)
+        out["loss"] = sum(out[k] for k in ("ce", "wd", "kd", "feature") if k in out)
+        return out
+
+    def step(self, x, y, lr, teacher_logits=None, feature_target=None):
         for group in self.opt.param_groups:
             group["lr"] = float(lr) * group["lr_scale"] * self.factors.get(group["lr_group"], 1.0)
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
+        if self.collective is None:
+            terms = self._terms(x, y, teacher_logits, feature_target, False)
+            total = sum(terms.values())
+            total.backward()
+            out = {k: float(v.detach()) for k, v in terms.items()}
+            out["loss"] = float(total.detach())
+        else:
+            out = self._shared_backward(x, y, teacher_logits, feature_target)
         self.last_grads = {k: _grad(self.named[k]) for k in self.grad_names}
         self.opt.step()
-        m.module.eval()
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["loss"] = float(total.detach())
+        self.model.module.eval()
         return out
 
     def state(self):
@@ -203,8 +249,21 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
 
+    sync_bn = False
+
+    def use_sync_bn(self):
+        """``torch.nn.SyncBatchNorm`` in every model built in a data-parallel run: CUDA devices only (its
+        kernels exist nowhere else)."""
+        if self.device.type != "cuda":
+            raise UserError(f"--sync-bn: torch's SyncBatchNorm runs on CUDA devices only, this run is on "
+                            f"'{self.device.type}'")
+        self.sync_bn = True
+
     def build(self, graph, params=None):
-        module = GraphModule(graph).to(self.device).eval()
+        module = GraphModule(graph)
+        if self.sync_bn and self.collective is not None:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = module.to(self.device).eval()
         model = TorchModel(graph, module, self.device)
         self.set_weights(model, init_params(graph) if params is None else params)
         return model
@@ -251,7 +310,18 @@ class TorchBackend(Backend):
         return out
 
     def trainer(self, model, loss, optim=None):
-        return TorchTrainer(model, loss, optim or OptimSpec())
+        return TorchTrainer(model, loss, optim or OptimSpec(), self.collective)
+
+    def init_distributed(self, rank, world, workers=None, joined=None):
+        """torch.distributed from torchrun's environment: NCCL on a GPU (``cuda:LOCAL_RANK``), else gloo."""
+        from backends.torch.distributed import TorchCollective
+
+        if self.device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        self.collective = joined or TorchCollective(rank, world, self.device)
+        return self.collective
 
     export_formats = ("torch",)
 

@@ -201,6 +201,20 @@ class ClassStats:
         self._fold(mean_b, np.maximum(squares - total * mean_b, 0.0), nb_img, nb)
         return self
 
+    def moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(n_img, n_obs, mean, m2)``: what :meth:`merge` takes."""
+        return self.n_img, self.n_obs, self.mean, self.m2
+
+    def merge(self, n_img, n_obs, mean, m2) -> ClassStats:
+        """Fold in another accumulator's :meth:`moments` (Chan et al.): accumulators of parts of the
+        data merged in order equal one over all of it up to float64 round-off."""
+        check(np.shape(mean) == self.mean.shape and np.shape(m2) == self.mean.shape
+              and np.shape(n_img) == np.shape(n_obs) == self.n_img.shape,
+              f"merge: moments of shape {np.shape(mean)}, this accumulator's are {self.mean.shape}")
+        self._fold(np.asarray(mean, np.float64), np.asarray(m2, np.float64), np.asarray(n_img, np.int64),
+                   np.asarray(n_obs, np.int64))
+        return self
+
     def _onehot(self, y: np.ndarray) -> np.ndarray:
         onehot = np.zeros((y.shape[0], self.num_classes))
         onehot[np.arange(y.shape[0]), y] = 1.0

@@ -74,15 +74,17 @@ class Dataset:
         return dataclasses.replace(self, x=self.x[indices], y=self.y[indices])
 
     def take(self, indices: np.ndarray, rng: np.random.Generator | None = None,
-             augment: Augment | None = None) -> np.ndarray:
-        """The images at ``indices`` as a batch, through ``augment(x, rng)`` if given.
+             augment: Augment | None = None, rows: slice | None = None) -> np.ndarray:
+        """The images at ``indices`` as a batch, through ``augment(x, rng)`` if given; only ``rows``
+        of it when given (the random numbers are still those of the whole batch).
 
         Every batch of :func:`iterate_batches` is read here, so a lazy dataset
         (:class:`compress_core.data.imagefolder.ImageFolderDataset`) overrides it to
         decode files on demand.
         """
         x = self.x[indices]
-        return augment(x, rng) if augment is not None else x
+        x = augment(x, rng) if augment is not None else x
+        return x if rows is None else x[rows]
 
 
 class Splits(NamedTuple):
@@ -221,7 +223,8 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
 
 def iterate_batches(dataset: Dataset, batch_size: int, shuffle: bool,
                     rng: np.random.Generator | None = None, augment: Augment | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                    drop_last: bool = False, part: tuple[int, int] = (0, 1),
+                    stride: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)`` numpy batches covering the dataset once (one epoch).
 
     The order is ``rng.permutation(N)`` when ``shuffle`` else ``0..N-1``; then
@@ -229,16 +232,27 @@ def iterate_batches(dataset: Dataset, batch_size: int, shuffle: bool,
     from ``rng`` in a fixed order, so two backends given generators with the
     same seed receive byte-identical batches.  ``drop_last`` drops a final
     batch smaller than ``batch_size``.
+
+    Data-parallel shares of process ``k`` of ``m``: ``part=(k, m)`` yields only rows
+    ``n*k//m : n*(k+1)//m`` of every batch of ``n`` (random numbers are drawn for the
+    whole batch, so the processes' rows put together are the one-process batch);
+    ``stride=(k, m)`` yields only batches ``k, k + m, ...`` of an order that uses no
+    random numbers.
     """
     n_batches = num_batches(len(dataset), batch_size, drop_last)  # validates eagerly
     check(rng is not None or not (shuffle or augment),
           "iterate_batches: shuffle/augment need a numpy Generator rng, got rng=None")
-    return _batches(dataset, batch_size, n_batches, shuffle, rng, augment)
+    for name, (k, m) in (("part", part), ("stride", stride)):
+        check(0 <= k < m, f"iterate_batches: {name}={(k, m)} is not (process k, of m > k)")
+    check(stride == (0, 1) or not (shuffle or augment), "iterate_batches: stride needs an unshuffled pass")
+    return _batches(dataset, batch_size, n_batches, shuffle, rng, augment, part, stride)
 
 
 def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
-             rng: np.random.Generator | None, augment: Augment | None):
+             rng: np.random.Generator | None, augment: Augment | None, part, stride):
     order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
-    for b in range(n_batches):
+    k, m = part
+    for b in range(stride[0], n_batches, stride[1]):
         idx = order[b * batch_size:(b + 1) * batch_size]
-        yield dataset.take(idx, rng, augment), dataset.y[idx]
+        rows = slice(len(idx) * k // m, len(idx) * (k + 1) // m)
+        yield dataset.take(idx, rng, augment, rows), dataset.y[idx][rows]

@@ -128,14 +128,15 @@ class FolderImages:
     def subset(self, indices) -> FolderImages:
         return FolderImages([self.files[i] for i in np.asarray(indices, np.int64)], self.size, self.workers)
 
-    def decode(self, indices, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Images ``indices``: training transform with uniforms drawn from ``rng``, else evaluation."""
+    def decode(self, indices, rng: np.random.Generator | None = None, rows: slice | None = None) -> np.ndarray:
+        """Images ``indices``: training transform with uniforms drawn from ``rng``, else evaluation;
+        only ``rows`` of them are decoded (the uniforms are drawn for all: a data-parallel share)."""
         indices = np.asarray(indices, np.int64).reshape(-1)
         u = flips = [None] * len(indices)
         if rng is not None:
             u, flips = rng.random((len(indices), _ATTEMPTS, 4)), rng.random(len(indices)) < 0.5
-        jobs = [(self.files[i], u[k], flips[k]) for k, i in enumerate(indices)]
-        out = np.empty((len(indices), 3, self.size, self.size), np.float32)
+        jobs = [(self.files[i], u[k], flips[k]) for k, i in enumerate(indices)][rows or slice(None)]
+        out = np.empty((len(jobs), 3, self.size, self.size), np.float32)
         if self.workers > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(min(self.workers, len(jobs))) as pool:
                 for k, img in enumerate(pool.map(self._one, jobs)):
@@ -190,8 +191,8 @@ class ImageFolderDataset(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         return dataclasses.replace(self, x=self.x.subset(indices), y=self.y[indices])
 
-    def take(self, indices, rng=None, augment=None) -> np.ndarray:
-        return self.x.decode(indices, rng if augment is not None else None)
+    def take(self, indices, rng=None, augment=None, rows=None) -> np.ndarray:
+        return self.x.decode(indices, rng if augment is not None else None, rows)
 
 
 def _scan_split(root: Path, split: str) -> dict[str, list[str]]:

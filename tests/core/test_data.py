@@ -347,6 +347,29 @@ def test_iterate_batches_reproducible_with_augment():
     assert epochs(1) != a
 
 
+def test_iterate_batches_shares_of_processes_put_together_are_the_batches():
+    ds = synthetic_dataset(50, 3, shape=(3, 8, 8))
+
+    def epoch(**share):
+        return list(iterate_batches(ds, 16, True, np.random.default_rng(4), flip_and_crop, **share))
+
+    whole = epoch()
+    parts = [epoch(part=(k, 3)) for k in range(3)]  # rows of every batch, augmented as in the whole batch
+    for b, (x, y) in enumerate(whole):
+        assert [len(p[b][1]) for p in parts] == [len(y) * (k + 1) // 3 - len(y) * k // 3 for k in range(3)]
+        np.testing.assert_array_equal(np.concatenate([p[b][0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
+    plain = list(iterate_batches(ds, 16, False))
+    strided = [list(iterate_batches(ds, 16, False, stride=(k, 2))) for k in range(2)]
+    assert [len(s) for s in strided] == [2, 2]
+    for b, (x, _) in enumerate(plain):  # every other batch, each the unshared one
+        np.testing.assert_array_equal(strided[b % 2][b // 2][0], x)
+    with pytest.raises(UserError, match="stride"):
+        iterate_batches(ds, 16, True, np.random.default_rng(0), stride=(0, 2))
+    with pytest.raises(UserError, match="part"):
+        iterate_batches(ds, 16, False, part=(2, 2))
+
+
 def test_iterate_batches_in_order_and_errors():
     ds = _indexed(n=7)
     xs = [x for x, _ in iterate_batches(ds, 3, shuffle=False)]

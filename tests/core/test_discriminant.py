@@ -140,6 +140,23 @@ def test_streaming_equals_batch_and_split_invariant(name):
     np.testing.assert_allclose(other.scores(name), want, rtol=1e-10)
 
 
+def test_merged_accumulators_of_parts_equal_one_pass():
+    batches = random_batches(5, [7, 1, 30, 12, 3, 9])
+    whole, parts = ClassStats(5, 3), [ClassStats(5, 3), ClassStats(5, 3)]
+    for i, (xb, yb) in enumerate(batches):
+        whole.update(xb, yb)
+        parts[i % 2].update(xb, yb)  # a data-parallel scoring pass: every other batch per process
+    merged = ClassStats(5, 3)
+    for p in parts:
+        merged.merge(*p.moments())
+    np.testing.assert_array_equal(merged.n_img, whole.n_img)
+    np.testing.assert_array_equal(merged.n_obs, whole.n_obs)
+    for name in BATCH:
+        np.testing.assert_allclose(merged.scores(name), whole.scores(name), rtol=1e-12)
+    with pytest.raises(UserError, match="merge"):
+        merged.merge(*ClassStats(4, 3).moments())
+
+
 def test_large_offset_is_stable():
     # activations around 1e6 with unit spread: raw E[x^2]-E[x]^2 would lose ~all digits
     batches = random_batches(4, [25, 25], offset=1e6)

@@ -70,6 +70,8 @@ def test_eval_is_deterministic_and_train_follows_the_generator(root):
     threaded, _ = imagefolder.load_image_folder(root, size=32, workers=3)
     b = threaded.take(idx, np.random.default_rng(7), data.flip_and_crop)
     np.testing.assert_array_equal(a, b)  # same numbers whatever the thread count
+    # a data-parallel share decodes only its rows, with the random numbers of the whole batch
+    np.testing.assert_array_equal(train.take(idx, np.random.default_rng(7), data.flip_and_crop, slice(4, 7)), a[4:7])
     c = train.take(idx, np.random.default_rng(8), data.flip_and_crop)
     assert a.shape == (9, 3, 32, 32) and not np.array_equal(a, c) and not np.array_equal(a, train.x[idx])
     # iterate_batches reads through take: shuffled, augmented, identical for identical seeds
