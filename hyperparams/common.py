@@ -52,6 +52,9 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
             "kwargs": "{}",    # keyword arguments of a module source's callable, a dict literal: "{'num_classes': 10}"
         }),
         "data": data(**data_kw),
+        "log": ConfigDict({
+            "tensorboard": True,  # TensorBoard event files in <workdir>/tb/ (needs the tensorboard package)
+        }),
     })
 
 
@@ -110,6 +113,8 @@ def validate_train(cfg) -> None:
     if "image_size" in cfg.data:
         check_positive(cfg, "data.image_size")
     check_range(cfg, "data.val_fraction", 0.0, 1.0, lo_inclusive=False)
+    if "log" in cfg and not isinstance(cfg.log.tensorboard, bool):
+        raise UserError(f"config field 'log.tensorboard' must be true or false, got {cfg.log.tensorboard!r}")
     for section in TRAIN_SECTIONS:
         if section not in cfg:
             continue

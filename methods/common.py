@@ -24,6 +24,7 @@ from compress_core.data import config
 from compress_core.errors import UserError
 from compress_core.ir import checkpoint, flops, zoo
 from compress_core.schedule import classification_metrics, learning_rate
+from methods.dashboard import Dashboard
 
 HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
 log = logging.getLogger("compress")
@@ -39,6 +40,7 @@ class Context:
     splits: data.DataSplits
     args: argparse.Namespace | None = None
     cache: dict = field(default_factory=dict)  # the start network, read once (see source_graph)
+    dashboard: Dashboard = field(default_factory=Dashboard)  # TensorBoard event files (off unless prepared)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -72,6 +74,7 @@ def main(run: Callable[[Context], dict], description: str, default_config: str,
     before the work directory is touched. The default work directory is the config's
     ``workdir`` joined with the backend's name and ``subdir``.
     """
+    ctx = None
     try:
         ctx = prepare(argv, description, default_config, extra, subdir, check, _command(run), match_data)
         run(ctx)
@@ -82,6 +85,9 @@ def main(run: Callable[[Context], dict], description: str, default_config: str,
             if isinstance(h, logging.FileHandler):
                 h.handle(log.makeRecord(log.name, logging.ERROR, "", 0, f"error: {e}", None, None))
         return 2
+    finally:
+        if ctx is not None:  # on success, a user error or any other exception
+            ctx.dashboard.close()
 
 
 def _command(run) -> str:
@@ -155,6 +161,8 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
     fileio.atomic_write_json(saved, resolved)
     _setup_logging(os.path.join(workdir, "log.txt"))
     log.info("backend %s, config %s, work directory %s", args.backend, args.config, workdir)
+    log_cfg = cfg.get("log")
+    ctx.dashboard = Dashboard.open(os.path.join(workdir, "tb"), bool(log_cfg and log_cfg.get("tensorboard")))
     for k, v in config.flatten(cfg).items():
         log.debug("config %s = %r", k, v)
     return ctx
@@ -363,6 +371,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         raise UserError(f"{d} holds a stage written by an older version of this library (no epoch-NNNNNN "
                         f"folder to resume from); choose another --workdir")
     augment = data.flip_and_crop if tcfg.augment else None
+    ctx.dashboard.begin(stage, state["epoch"] + 1)
     for epoch in range(state["epoch"], tcfg.epochs):
         if on_epoch and on_epoch(epoch, trainer):
             log.info("[%s] stopping rule met before epoch %d", stage, epoch + 1)
@@ -394,6 +403,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         state["history"].append(row)
         log.info("[%s] epoch %d/%d lr %.4g loss %.4f val acc %.2f%% (%.1fs)", stage, epoch + 1,
                  tcfg.epochs, lr, row["train_loss"], val["accuracy"], row["time_s"])
+        ctx.dashboard.epoch(stage, row)  # before the commit: a killed epoch's values are hidden on resume
         previous = store.latest()
         tmp = store.begin(epoch + 1)
         save_model(backend, model, os.path.join(tmp, "last.safetensors"), epoch=epoch + 1)
@@ -413,5 +423,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
 
 
 def write_metrics(ctx: Context, metrics: dict) -> None:
+    """``metrics.json``, and the MACs and parameters of its table's rows on the dashboard."""
+    ctx.dashboard.table(metrics.get("rows", []))
     fileio.atomic_write_json(ctx.path("metrics.json"), metrics)
     log.info("metrics written to %s", ctx.path("metrics.json"))
