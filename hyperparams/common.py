@@ -21,7 +21,8 @@ def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
 
 def train(epochs: int, lr: float, batch_size: int = 128, schedule: str = "step",
           milestones: tuple = (), gamma: float = 0.1, weight_decay: float = 5e-4,
-          momentum: float = 0.9, nesterov: bool = True, augment: bool = True) -> ConfigDict:
+          momentum: float = 0.9, nesterov: bool = True, augment: bool = True,
+          precision: str = "float32") -> ConfigDict:
     return ConfigDict({
         "epochs": epochs,              # passes over the training split
         "batch_size": batch_size,      # images per SGD step
@@ -33,6 +34,9 @@ def train(epochs: int, lr: float, batch_size: int = 128, schedule: str = "step",
         "momentum": momentum,          # SGD momentum
         "nesterov": nesterov,          # Nesterov momentum (the CDC reference uses it)
         "augment": augment,            # random 4-pixel pad-and-crop plus horizontal flip
+        "precision": precision,        # float32, or mixed precision: bfloat16 / float16 forward passes on
+                                       #   float32 weights (BatchNorm statistics and every loss term stay
+                                       #   float32; float16 with dynamic loss scaling)
     })
 
 
@@ -98,6 +102,7 @@ def validate_train(cfg) -> None:
     """Checks every file runs from its ``validate`` (and every command runs on any file):
     the seed, the model, the data, and every training section (``train``, ``finetune``,
     ``distill``, ``search``) with the same rules."""
+    from backends.base import PRECISIONS
     from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
 
@@ -131,6 +136,8 @@ def validate_train(cfg) -> None:
         check_range(cfg, f"{section}.momentum", 0.0, 1.0)
         check_positive(cfg, f"{section}.gamma")
         check_choice(cfg, f"{section}.schedule", ["step", "cosine", "constant"])
+        if "precision" in t:
+            check_choice(cfg, f"{section}.precision", list(PRECISIONS))
         ms = list(t.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
             raise UserError(f"config field '{section}.milestones' must be increasing positive epochs, got {ms}")

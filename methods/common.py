@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -356,7 +356,9 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     d = os.path.join(ctx.workdir, stage)
     store = fileio.Snapshots(d)
     loss = loss or LossSpec(weight_decay=tcfg.weight_decay)
-    trainer = backend.trainer(model, loss, optim or OptimSpec(tcfg.momentum, tcfg.nesterov))
+    # the section's mixed precision applies to a method's own OptimSpec too
+    optim = replace(optim or OptimSpec(tcfg.momentum, tcfg.nesterov), precision=tcfg.get("precision", "float32"))
+    trainer = backend.trainer(model, loss, optim)
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
     latest = store.latest()
     if latest is not None:

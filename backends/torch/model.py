@@ -6,6 +6,7 @@ here is interpreting the graph and the training step of the contract.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.base import (
+    LOSS_SCALE,
     Backend,
     LossSpec,
     Model,
@@ -176,9 +178,59 @@ def _grad(t: torch.Tensor) -> np.ndarray:
     return np.zeros(tuple(t.shape), np.float32) if t.grad is None else t.grad.detach().cpu().numpy().copy()
 
 
+class _MixedPrecision:
+    """``torch.autocast`` around a step's forward pass, and a ``GradScaler`` for float16.
+
+    float16 autocast and loss scaling also run on the CPU (PyTorch emulates float16 arithmetic
+    there, so they are slower than float32: they exist for parity with a GPU run, not speed).
+    """
+
+    def __init__(self, precision: str, device: torch.device):
+        self.dtype = None if precision == "float32" else getattr(torch, precision)
+        self.device_type = device.type
+        self.scaler = None
+        if precision == "float16":
+            c = LOSS_SCALE
+            self.scaler = torch.amp.GradScaler(device.type, init_scale=c["init"], growth_factor=c["growth"],
+                                               backoff_factor=c["backoff"], growth_interval=c["growth_interval"])
+
+    def autocast(self):
+        return (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None
+                else contextlib.nullcontext())
+
+    def backward(self, total: torch.Tensor, opt) -> None:
+        """Gradients of ``total`` (scaled, then unscaled in place: what the step and ``gradients()`` see)."""
+        if self.scaler is None:
+            total.backward()
+            return
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(opt)
+
+    def step(self, opt) -> None:
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)  # skipped when a gradient is not finite
+        self.scaler.update()
+
+    def state(self) -> dict[str, np.ndarray]:
+        if self.scaler is None:
+            return {}
+        sd = self.scaler.state_dict()
+        return {"loss_scale/scale": np.array([sd.get("scale", LOSS_SCALE["init"])], np.float32),
+                "loss_scale/good_steps": np.array([sd.get("_growth_tracker", 0)], np.float32)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if self.scaler is not None and "loss_scale/scale" in state:
+            self.scaler.load_state_dict({**self.scaler.state_dict(),
+                                         "scale": float(state["loss_scale/scale"][0]),
+                                         "_growth_tracker": int(state["loss_scale/good_steps"][0])})
+
+
 class TorchTrainer(Trainer):
     def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec):
         self.model, self.loss = model, loss
+        self.amp = _MixedPrecision(optim.check_precision(), model.device)
         self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
         self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
         # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
@@ -206,7 +258,10 @@ class TorchTrainer(Trainer):
         m, spec = self.model, self.loss
         m.module.train()
         taps = (spec.feature_tap,) if spec.feature_weight else ()
-        logits, acts = m.module(torch.as_tensor(x, device=m.device), taps)
+        with self.amp.autocast():
+            logits, acts = m.module(torch.as_tensor(x, device=m.device), taps)
+        # every loss term in float32, whatever the forward pass computed in
+        logits, acts = logits.float(), {k: v.float() for k, v in acts.items()}
         target = torch.as_tensor(y, dtype=torch.long, device=m.device)
         terms = {}
         if spec.ce_weight:
@@ -231,9 +286,9 @@ class TorchTrainer(Trainer):
         for group in self.opt.param_groups:
             group["lr"] = float(lr) * group["lr_scale"] * self.factors.get(group["lr_group"], 1.0)
         self.opt.zero_grad(set_to_none=True)
-        total.backward()
+        self.amp.backward(total, self.opt)
         self.last_grads = {k: _grad(self.named[k]) for k in self.grad_names}
-        self.opt.step()
+        self.amp.step(self.opt)
         m.module.eval()
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["loss"] = float(total.detach())
@@ -245,7 +300,7 @@ class TorchTrainer(Trainer):
             buf = self.opt.state.get(t, {}).get("momentum_buffer")
             out[f"momentum/{k}"] = (buf.detach().cpu().numpy().copy() if buf is not None
                                     else np.zeros(tuple(t.shape), np.float32))
-        return out
+        return {**out, **self.amp.state()}
 
     def load_state(self, state):
         for k, t in self.named.items():
@@ -253,6 +308,7 @@ class TorchTrainer(Trainer):
             if v is None or tuple(v.shape) != tuple(t.shape):
                 raise UserError(f"optimiser state has no matching entry for '{k}'")
             self.opt.state[t]["momentum_buffer"] = torch.as_tensor(v, device=t.device).clone()
+        self.amp.load_state(state)
 
 
 class TorchBackend(Backend):

@@ -115,6 +115,8 @@ CASES = {
     "predefined plan without widths": (cdc_prune.cli, ["--config.cdc.plan=predefined"], "cdc.widths"),
     "kse finetune.epochs -1": (kse.cli, ["--config.finetune.epochs=-1"], "finetune.epochs"),
     "decompose finetune.lr -1": (decompose.cli, ["--config.finetune.lr=-1"], "finetune.lr"),
+    "unknown precision": (train.cli, ["--config.train.precision=float8"], "train.precision"),
+    "distill precision": (cdc_prune.cli, ["--config.distill.precision=half"], "distill.precision"),
     "log.tensorboard not a switch": (train.cli, ["--config.log.tensorboard=maybe"], "log.tensorboard"),
 }
 
