@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 
 
 def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
-         test_fraction: float = 0.15, image_size: int = 224) -> ConfigDict:
+         test_fraction: float = 0.15, image_size: int = 224, workers: int = -1) -> ConfigDict:
     return ConfigDict({
         "name": name,                    # digits (bundled), cifar10, cifar100, synthetic, imagenet
         "path": path,                    # CIFAR: folder or .tar.gz of the python-pickle archive;
@@ -16,6 +16,8 @@ def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
         "val_fraction": val_fraction,    # share of the training data held out for model selection
         "test_fraction": test_fraction,  # digits only: share held out as test set (CIFAR has its own)
         "image_size": image_size,        # imagenet: crop size S (eval resizes the short side to S/0.875 first)
+        "workers": workers,              # imagenet: processes decoding and augmenting images (-1: one per CPU
+                                         #   core, 0: in the training process); the batches do not depend on it
     })
 
 
@@ -118,6 +120,9 @@ def validate_train(cfg) -> None:
     if "image_size" in cfg.data:
         check_positive(cfg, "data.image_size")
     check_range(cfg, "data.val_fraction", 0.0, 1.0, lo_inclusive=False)
+    workers = cfg.data.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < -1:
+        raise UserError(f"config field 'data.workers' must be an integer >= -1 (-1: one per CPU core), got {workers!r}")
     if "log" in cfg and not isinstance(cfg.log.tensorboard, bool):
         raise UserError(f"config field 'log.tensorboard' must be true or false, got {cfg.log.tensorboard!r}")
     for section in TRAIN_SECTIONS:

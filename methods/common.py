@@ -191,7 +191,8 @@ def _setup_logging(path: str) -> None:
 def load_data(cfg) -> data.DataSplits:
     d = cfg.data
     return data.get_dataset(d.name, d.path or None, val_fraction=d.val_fraction,
-                            test_fraction=d.test_fraction, seed=cfg.seed, image_size=d.get("image_size", 224))
+                            test_fraction=d.test_fraction, seed=cfg.seed, image_size=d.get("image_size", 224),
+                            workers=d.get("workers", 0))
 
 
 # -- models -------------------------------------------------------------------------------------

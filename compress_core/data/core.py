@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -83,6 +83,13 @@ class Dataset:
         """
         x = self.x[indices]
         return augment(x, rng) if augment is not None else x
+
+    def stream(self, batches: Iterable[np.ndarray], rng: np.random.Generator | None = None,
+               augment: Augment | None = None) -> Iterator[np.ndarray]:
+        """:meth:`take` of every index array of ``batches``, in order (what :func:`iterate_batches`
+        reads); a lazy dataset overrides it to decode ahead while the caller trains."""
+        for indices in batches:
+            yield self.take(indices, rng, augment)
 
 
 class Splits(NamedTuple):
@@ -239,6 +246,6 @@ def iterate_batches(dataset: Dataset, batch_size: int, shuffle: bool,
 def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
              rng: np.random.Generator | None, augment: Augment | None):
     order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
-    for b in range(n_batches):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        yield dataset.take(idx, rng, augment), dataset.y[idx]
+    indices = [order[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
+    for idx, x in zip(indices, dataset.stream(indices, rng, augment)):
+        yield x, dataset.y[idx]

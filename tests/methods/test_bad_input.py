@@ -117,6 +117,7 @@ CASES = {
     "decompose finetune.lr -1": (decompose.cli, ["--config.finetune.lr=-1"], "finetune.lr"),
     "unknown precision": (train.cli, ["--config.train.precision=float8"], "train.precision"),
     "distill precision": (cdc_prune.cli, ["--config.distill.precision=half"], "distill.precision"),
+    "data.workers -2": (train.cli, ["--config.data.workers=-2"], "data.workers"),
     "log.tensorboard not a switch": (train.cli, ["--config.log.tensorboard=maybe"], "log.tensorboard"),
 }
 
