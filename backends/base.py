@@ -22,7 +22,13 @@ interface. Semantics every backend must match (the parity suite checks them):
   [N, k]`` is given with every step; CDC's DCA distillation);
 * the optimiser is SGD with (optionally Nesterov) momentum in the PyTorch /
   ``tf.compat.v1.train.MomentumOptimizer`` form ``v = mu v + g; w -= lr (g + mu v)``
-  (Nesterov) or ``w -= lr v``; the learning rate is passed with every step.
+  (Nesterov) or ``w -= lr v``; the learning rate is passed with every step;
+* mixed precision (``OptimSpec.precision`` ``bfloat16`` or ``float16``): the training
+  forward pass computes convolutions and dense layers in that type from float32 weights;
+  the weights, the optimiser state, BatchNorm's normalisation and statistics and every
+  loss term stay float32. ``float16`` scales the loss dynamically (:data:`LOSS_SCALE`):
+  a step whose gradients are not finite is skipped and halves the scale, every
+  ``growth_interval`` finite steps in a row double it (PyTorch's ``GradScaler`` rule).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from compress_core.errors import UserError
 from compress_core.ir.graph import Graph
 
 BACKENDS = ("torch", "tf")
+#: compute types of a training step's forward pass (:attr:`OptimSpec.precision`)
+PRECISIONS = ("float32", "bfloat16", "float16")
+#: float16 dynamic loss scaling: initial scale, growth and backoff factors, finite steps between growths
+LOSS_SCALE = {"init": 2.0 ** 16, "growth": 2.0, "backoff": 0.5, "growth_interval": 2000}
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,9 @@ class OptimSpec:
     ``lr`` and the rest of the network at ``lr * 0.01``. ``lr_group`` puts parameters in
     named groups (others: ``"rest"``) whose rates :meth:`Trainer.set_lr_factors` can
     multiply between steps; ``gradients_of`` names the parameters whose gradients
-    :meth:`Trainer.gradients` returns after each step (Hinge's gradient-ratio adjustment)."""
+    :meth:`Trainer.gradients` returns after each step (Hinge's gradient-ratio adjustment).
+    ``precision`` is the compute type of the training forward pass (:data:`PRECISIONS`;
+    see the module's notes on mixed precision)."""
 
     momentum: float = 0.9
     nesterov: bool = True
@@ -69,6 +81,13 @@ class OptimSpec:
     lr_scale_default: float = 1.0
     lr_group: Mapping[str, str] = field(default_factory=dict)
     gradients_of: tuple[str, ...] = ()
+    precision: str = "float32"
+
+    def check_precision(self) -> str:
+        """``precision``, if it is one of :data:`PRECISIONS`."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r} (choose from: {', '.join(PRECISIONS)})")
+        return self.precision
 
     def groups(self, names: Sequence[str]) -> dict[str, tuple[str, float]]:
         """``(group, lr multiplier)`` of every trainable parameter in ``names``."""
@@ -136,7 +155,8 @@ class Trainer(abc.ABC):
 
     @abc.abstractmethod
     def state(self) -> dict[str, np.ndarray]:
-        """Optimiser buffers as numpy (``momentum/<param name>``), for resuming."""
+        """Optimiser buffers as numpy (``momentum/<param name>``; with float16, ``loss_scale/scale`` and
+        ``loss_scale/good_steps``), for resuming."""
 
     @abc.abstractmethod
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:

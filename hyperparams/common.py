@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 
 
 def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
-         test_fraction: float = 0.15, image_size: int = 224) -> ConfigDict:
+         test_fraction: float = 0.15, image_size: int = 224, workers: int = -1) -> ConfigDict:
     return ConfigDict({
         "name": name,                    # digits (bundled), cifar10, cifar100, synthetic, imagenet
         "path": path,                    # CIFAR: folder or .tar.gz of the python-pickle archive;
@@ -16,12 +16,15 @@ def data(name: str = "digits", path: str = "", val_fraction: float = 0.15,
         "val_fraction": val_fraction,    # share of the training data held out for model selection
         "test_fraction": test_fraction,  # digits only: share held out as test set (CIFAR has its own)
         "image_size": image_size,        # imagenet: crop size S (eval resizes the short side to S/0.875 first)
+        "workers": workers,              # imagenet: processes decoding and augmenting images (-1: one per CPU
+                                         #   core, 0: in the training process); the batches do not depend on it
     })
 
 
 def train(epochs: int, lr: float, batch_size: int = 128, schedule: str = "step",
           milestones: tuple = (), gamma: float = 0.1, weight_decay: float = 5e-4,
-          momentum: float = 0.9, nesterov: bool = True, augment: bool = True) -> ConfigDict:
+          momentum: float = 0.9, nesterov: bool = True, augment: bool = True,
+          precision: str = "float32") -> ConfigDict:
     return ConfigDict({
         "epochs": epochs,              # passes over the training split
         "batch_size": batch_size,      # images per SGD step
@@ -33,6 +36,9 @@ def train(epochs: int, lr: float, batch_size: int = 128, schedule: str = "step",
         "momentum": momentum,          # SGD momentum
         "nesterov": nesterov,          # Nesterov momentum (the CDC reference uses it)
         "augment": augment,            # random 4-pixel pad-and-crop plus horizontal flip
+        "precision": precision,        # float32, or mixed precision: bfloat16 / float16 forward passes on
+                                       #   float32 weights (BatchNorm statistics and every loss term stay
+                                       #   float32; float16 with dynamic loss scaling)
     })
 
 
@@ -57,6 +63,9 @@ def base(model: str, workdir: str, seed: int = 0, **data_kw) -> ConfigDict:
                                # ("{'inputs': 'images', 'outputs': 'logits'}", optionally 'data_format': 'NCHW')
         }),
         "data": data(**data_kw),
+        "log": ConfigDict({
+            "tensorboard": True,  # TensorBoard event files in <workdir>/tb/ (needs the tensorboard package)
+        }),
     })
 
 
@@ -111,6 +120,7 @@ def validate_train(cfg) -> None:
     """Checks every file runs from its ``validate`` (and every command runs on any file):
     the seed, the model, the data, and every training section (``train``, ``finetune``,
     ``distill``, ``search``) with the same rules."""
+    from backends.base import PRECISIONS
     from compress_core.data.config import check_choice, check_positive, check_range
     from compress_core.errors import UserError
 
@@ -126,6 +136,11 @@ def validate_train(cfg) -> None:
     if "image_size" in cfg.data:
         check_positive(cfg, "data.image_size")
     check_range(cfg, "data.val_fraction", 0.0, 1.0, lo_inclusive=False)
+    workers = cfg.data.get("workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < -1:
+        raise UserError(f"config field 'data.workers' must be an integer >= -1 (-1: one per CPU core), got {workers!r}")
+    if "log" in cfg and not isinstance(cfg.log.tensorboard, bool):
+        raise UserError(f"config field 'log.tensorboard' must be true or false, got {cfg.log.tensorboard!r}")
     for section in TRAIN_SECTIONS:
         if section not in cfg:
             continue
@@ -142,6 +157,8 @@ def validate_train(cfg) -> None:
         check_range(cfg, f"{section}.momentum", 0.0, 1.0)
         check_positive(cfg, f"{section}.gamma")
         check_choice(cfg, f"{section}.schedule", ["step", "cosine", "constant"])
+        if "precision" in t:
+            check_choice(cfg, f"{section}.precision", list(PRECISIONS))
         ms = list(t.milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or ms != sorted(set(ms)):
             raise UserError(f"config field '{section}.milestones' must be increasing positive epochs, got {ms}")

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from compress_core.schedule import (
     metrics_from_sums,
 )
 from methods import distributed
+from methods.dashboard import Dashboard
 
 HYPERPARAMS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperparams")
 log = logging.getLogger("compress")
@@ -46,6 +47,7 @@ class Context:
     splits: data.DataSplits
     args: argparse.Namespace | None = None
     cache: dict = field(default_factory=dict)  # the start network, read once (see source_graph)
+    dashboard: Dashboard = field(default_factory=Dashboard)  # TensorBoard event files (off unless prepared)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -81,6 +83,7 @@ def main(run: Callable[[Context], dict], description: str, default_config: str,
     before the work directory is touched. The default work directory is the config's
     ``workdir`` joined with the backend's name and ``subdir``.
     """
+    ctx = None
     try:
         ctx = prepare(argv, description, default_config, extra, subdir, check, _command(run), match_data)
         run(ctx)
@@ -91,6 +94,9 @@ def main(run: Callable[[Context], dict], description: str, default_config: str,
             if isinstance(h, logging.FileHandler):
                 h.handle(log.makeRecord(log.name, logging.ERROR, "", 0, f"error: {e}", None, None))
         return 2
+    finally:
+        if ctx is not None:  # on success, a user error or any other exception
+            ctx.dashboard.close()
 
 
 def _command(run) -> str:
@@ -169,7 +175,9 @@ def prepare(argv, description, default_config, extra=None, subdir="", check=None
         os.makedirs(workdir, exist_ok=True)
         fileio.atomic_write_json(saved, resolved)
         _setup_logging(os.path.join(workdir, "log.txt"))
-    else:  # the other ranks write nothing, print nothing and log only warnings
+        log_cfg = cfg.get("log")
+        ctx.dashboard = Dashboard.open(os.path.join(workdir, "tb"), bool(log_cfg and log_cfg.get("tensorboard")))
+    else:  # the other ranks write nothing, print nothing and log only warnings (no dashboard)
         _setup_logging(None)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
     log.info("backend %s, config %s, work directory %s%s", args.backend, args.config, workdir,
@@ -204,7 +212,8 @@ def _setup_logging(path: str | None) -> None:
 def load_data(cfg) -> data.DataSplits:
     d = cfg.data
     return data.get_dataset(d.name, d.path or None, val_fraction=d.val_fraction,
-                            test_fraction=d.test_fraction, seed=cfg.seed, image_size=d.get("image_size", 224))
+                            test_fraction=d.test_fraction, seed=cfg.seed, image_size=d.get("image_size", 224),
+                            workers=d.get("workers", 0))
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -393,7 +402,9 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     d = os.path.join(ctx.workdir, stage)
     store = fileio.Snapshots(d)
     loss = loss or LossSpec(weight_decay=tcfg.weight_decay)
-    trainer = backend.trainer(model, loss, optim or OptimSpec(tcfg.momentum, tcfg.nesterov))
+    # the section's mixed precision applies to a method's own OptimSpec too
+    optim = replace(optim or OptimSpec(tcfg.momentum, tcfg.nesterov), precision=tcfg.get("precision", "float32"))
+    trainer = backend.trainer(model, loss, optim)
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": -1, "history": []}
     latest = store.latest()
     if latest is not None:
@@ -411,6 +422,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
     if distributed.active():  # every rank starts from rank 0's weights and optimiser state
         _share_from_main(backend, model, trainer)
     augment = data.flip_and_crop if tcfg.augment else None
+    ctx.dashboard.begin(stage, state["epoch"] + 1)
     for epoch in range(state["epoch"], tcfg.epochs):
         if on_epoch and distributed.agree(on_epoch(epoch, trainer)):
             log.info("[%s] stopping rule met before epoch %d", stage, epoch + 1)
@@ -446,6 +458,7 @@ def fit(ctx: Context, model, tcfg, stage: str, loss=None, batch_extras=None, on_
         state["history"].append(row)
         log.info("[%s] epoch %d/%d lr %.4g loss %.4f val acc %.2f%% (%.1fs)", stage, epoch + 1,
                  tcfg.epochs, lr, row["train_loss"], val["accuracy"], row["time_s"])
+        ctx.dashboard.epoch(stage, row)  # before the commit: a killed epoch's values are hidden on resume
         best_is_last = val["accuracy"] > state["best_val"] or state["best_epoch"] < 0
         if best_is_last:
             state["best_val"], state["best_epoch"] = val["accuracy"], epoch + 1
@@ -484,6 +497,8 @@ def _share_from_main(backend, model, trainer=None, names=None) -> None:
 
 
 def write_metrics(ctx: Context, metrics: dict) -> None:
+    """``metrics.json``, and the MACs and parameters of its table's rows on the dashboard (rank 0 only)."""
     if distributed.is_main():
+        ctx.dashboard.table(metrics.get("rows", []))
         fileio.atomic_write_json(ctx.path("metrics.json"), metrics)
         log.info("metrics written to %s", ctx.path("metrics.json"))

@@ -97,6 +97,8 @@ class Selector:
                    epochs=[r for r in rec["epochs"] if r["epoch"] <= epoch] + [row])
         if distributed.is_main():
             atomic_write_json(self.path, rec)
+        ctx.dashboard.scalars("train", epoch + 1, {"dcff/temperature": t, **(
+            {"dcff/changed_filters": sum(changed.values())} if changed else {})})
         common.log.info("[dcff] epoch %d: t %.4g, fused filters give %.3f to their own filter, kept indices "
                         "changed in %d of %d groups (%d in total)", epoch + 1, t, row["softness"],
                         sum(v > 0 for v in changed.values()), len(keeps), sum(changed.values()))

@@ -93,6 +93,7 @@ class Search:
         if self.p1:
             row["grad_ratio"] = self.grad_ratio.rho
         self.ratios.append(row)
+        self.ctx.dashboard.scalars("search", epoch, {"hinge/mac_ratio_at_tau0": r})
         common.log.info("[search] after epoch %d: MAC ratio at tau0=%g is %.4f (target %.4f, stop at %.4f)%s",
                         epoch, self.h.threshold, r, self.h.ratio, self.h.ratio + self.h.stop_limit,
                         f", gradient ratio {self.grad_ratio.rho:.3f}" if self.p1 else "")
@@ -120,6 +121,7 @@ def search(ctx: common.Context, teacher) -> tuple[object, hinge.Placement, list[
     if not stopped:
         r = runner.ratio()
         runner.ratios.append({"epoch": ctx.cfg.search.epochs, "mac_ratio_at_tau0": r, "lambda": runner.lam})
+        ctx.dashboard.scalars("search", ctx.cfg.search.epochs, {"hinge/mac_ratio_at_tau0": r})
         common.log.info("[search] stopped at the epoch limit %d: MAC ratio at tau0 %.4f", ctx.cfg.search.epochs, r)
     return model, place, runner.ratios
 

@@ -91,3 +91,12 @@ def torchvision_models():
     from backends.torch.compat import torchvision_models
 
     return torchvision_models()
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value)]}`` of a run folder read by TensorBoard's own loader (restart purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from backends.base import (
+    LOSS_SCALE,
     Backend,
     LossSpec,
     Model,
@@ -98,27 +99,37 @@ class TFModel(Model):
         self.assigner = assigner
         self.trainable = [k for k in variables if not Graph.is_buffer(k)]
         self.fused_bn = False         # set by the backend; read when the training pass is built
-        self._train: dict | None = None
-        self._bn_updates: list = []
+        self._passes: dict[str, tuple[dict, list]] = {}  # precision -> (tensors, BN update ops)
         self._sums: dict = {}         # (taps, bn_batch_stats) -> sum_tensors(), built on first use
+
+    def training_pass(self, precision: str = "float32") -> tuple[dict, list]:
+        """Node name -> tensor of the training pass (BatchNorm with batch statistics) computing in
+        ``precision`` (mixed precision: :class:`_CastVariables`), and its running-statistic update
+        ops (run only by a trainer step); built on first use."""
+        if precision not in self._passes:
+            updates: list = []
+            with self.tf_graph.as_default():
+                if not self._passes:
+                    self.dropout_on = _V1.placeholder_with_default(False, [], name="dropout_on")
+                x, V = self._x_nhwc, self.variables
+                if precision != "float32":
+                    dtype = getattr(tf, precision)
+                    x, V = tf.cast(x, dtype), _CastVariables(self.graph, V, dtype)
+                with tf.name_scope("train" if precision == "float32" else f"train_{precision}"):
+                    tensors = _forward_pass(self.graph, x, V, "fused" if self.fused_bn else "batch", updates,
+                                            self.dropout_on)
+            self._passes[precision] = (tensors, updates)
+        return self._passes[precision]
 
     @property
     def train(self) -> dict:
-        """Node name -> tensor of the training pass (BatchNorm with batch statistics)."""
-        if self._train is None:
-            updates: list = []
-            with self.tf_graph.as_default(), tf.name_scope("train"):
-                self.dropout_on = _V1.placeholder_with_default(False, [], name="dropout_on")
-                self._train = _forward_pass(self.graph, self._x_nhwc, self.variables,
-                                             "fused" if self.fused_bn else "batch", updates, self.dropout_on)
-            self._bn_updates = updates
-        return self._train
+        """Node name -> tensor of the float32 training pass (BatchNorm with batch statistics)."""
+        return self.training_pass()[0]
 
     @property
     def bn_updates(self) -> list:
-        """Running-statistic update ops of the training pass (run only by a trainer step)."""
-        self.train  # noqa: B018 - builds the training pass on first use
-        return self._bn_updates
+        """Running-statistic update ops of the float32 training pass (run only by a trainer step)."""
+        return self.training_pass()[1]
 
     def sum_tensors(self, taps: tuple[str, ...], bn_batch_stats: bool):
         """Per-image spatial sums and Euclidean norms of ``taps``, side by side: two ``[N, sum C]`` tensors.
@@ -156,6 +167,30 @@ class TFModel(Model):
             pass
 
 
+class _CastVariables(Mapping):
+    """The variables as a mixed-precision pass reads them: weights, biases and DCFF fusion matrices
+    cast to ``dtype`` where they are used (the float32 variables stay the master copy and receive
+    the gradients); BatchNorm's parameters and statistics are not cast (:func:`_bn` runs in float32)."""
+
+    def __init__(self, graph: Graph, variables: Mapping[str, tf.Variable], dtype):
+        self.graph, self.variables, self.dtype = graph, variables, dtype
+        self._cast: dict = {}
+
+    def __getitem__(self, key: str):
+        v = self.variables[key]
+        if self.graph[key.rsplit(".", 1)[0]].op == "bn":
+            return v
+        if key not in self._cast:
+            self._cast[key] = tf.cast(v, self.dtype)
+        return self._cast[key]
+
+    def __iter__(self):
+        return iter(self.variables)
+
+    def __len__(self) -> int:
+        return len(self.variables)
+
+
 def _mean_nhw(x):
     """Per-channel mean over all axes but the last, summing H*W first and then N.
 
@@ -178,6 +213,8 @@ def _bn(x, node, V, mode: str, updates: list):
     as ``[N, 1, 1, C]`` maps through the fused op.
     """
     a = node.attrs
+    if x.dtype != tf.float32:  # mixed precision: normalisation and statistics in float32
+        return tf.cast(_bn(tf.cast(x, tf.float32), node, V, mode, updates), x.dtype)
     gamma, beta = V[f"{node.name}.weight"], V[f"{node.name}.bias"]
     rm, rv = V[f"{node.name}.running_mean"], V[f"{node.name}.running_var"]
     eps, m = float(a["eps"]), float(a["momentum"])
@@ -292,7 +329,7 @@ def _select(x, node, cin: int):
     for k, j in enumerate(src):
         if j >= 0:  # -1: a zero channel
             pick[0, 0, j, k] = 1.0
-    return tf.nn.conv2d(x, tf.constant(pick), 1, "VALID")
+    return tf.nn.conv2d(x, tf.constant(pick, x.dtype), 1, "VALID")
 
 
 def _diagonal(x, node, V):
@@ -432,13 +469,14 @@ class TFTrainer(Trainer):
         self._projection: np.ndarray | None = None
         if self._feature:
             g[loss.feature_tap]  # raises a clear error for an unknown layer name
-        train = model.train  # the training pass, built on first use
+        precision = optim.check_precision()
+        train, bn_updates = model.training_pass(precision)  # built on first use
         with model.tf_graph.as_default(), tf.name_scope("trainer"):
             self._y = _V1.placeholder(tf.int64, [None], name="labels")
             self._lr = _V1.placeholder(tf.float32, [], name="lr")
             self._teacher = (_V1.placeholder(tf.float32, [None, g.num_classes], name="teacher")
                              if self._kd else None)
-            logits = train[g.output]
+            logits = tf.cast(train[g.output], tf.float32)  # every loss term in float32
             terms = {}
             # shared: per-image terms summed over this rank's rows, weight decay added once after the sum
             reduce = tf.reduce_sum if shared else tf.reduce_mean
@@ -462,7 +500,7 @@ class TFTrainer(Trainer):
                 self._dim = int(np.prod(g.shapes()[loss.feature_tap]))
                 self._P = _V1.placeholder(tf.float32, [self._dim, None], name="projection")
                 self._target = _V1.placeholder(tf.float32, [None, None], name="feature_target")
-                z = _flatten_nchw(train[loss.feature_tap], self._dim)
+                z = _flatten_nchw(tf.cast(train[loss.feature_tap], tf.float32), self._dim)
                 sq = tf.square(tf.matmul(z, self._P) - self._target)
                 terms["feature"] = loss.feature_weight * (tf.reduce_sum(tf.reduce_mean(sq, 1)) if shared
                                                           else tf.reduce_mean(sq))
@@ -485,28 +523,40 @@ class TFTrainer(Trainer):
                     for g, s in dict.fromkeys(groups.values())}
             owner = {k: opts[key] for k, key in groups.items()}
             var_list = [model.variables[k] for k in model.trainable]
+            self._loss_scale = _LossScale() if precision == "float16" else None
+            if shared and self._loss_scale is not None:
+                # the scale would have to agree on skipped steps across ranks; bfloat16 needs no scaling
+                raise UserError("float16 with loss scaling is not supported in data-parallel runs: use bfloat16")
             if shared:  # the summed gradients, fed
                 grads = list(zip(self._summed, var_list))
-            else:
+            elif self._loss_scale is None:
                 grads = next(iter(opts.values())).compute_gradients(total, var_list)
+            else:
+                grads = self._loss_scale.gradients(next(iter(opts.values())), total, var_list)
             index = {k: i for i, k in enumerate(model.trainable)}
             self._grads = {k: grads[index[k]][0] for k in optim.gradients_of}
             self._last_grads: dict[str, np.ndarray] = {}
+
+            def apply_all():
+                return tf.group(*[o.apply_gradients([gv for gv, k in zip(grads, model.trainable) if owner[k] is o])
+                                  for o in opts.values()])
+
             # the fetched terms (and gradients) come from pre-update values
             with tf.control_dependencies(list(self._fetch.values()) + list(self._grads.values())):
-                apply = tf.group(*[o.apply_gradients([gv for gv, k in zip(grads, model.trainable) if owner[k] is o])
-                                   for o in opts.values()])
+                apply = apply_all() if self._loss_scale is None else self._loss_scale.apply(grads, apply_all)
             # BN running statistics update in the same session.run (they read only batch moments
             # and running statistics; no ordering with the weight update is needed)
-            self._apply = apply
-            self._train_op = [apply] + model.bn_updates
+            self._apply, self._bn_updates = apply, bn_updates
+            self._train_op = [apply] + bn_updates
             self._slots = {}
             for k in model.trainable:
                 slot = owner[k].get_slot(model.variables[k], "momentum")
                 if slot is not None:
                     self._slots[k] = slot
-            self._assigner = _Assigner(self._slots)
-            model.session.run(_V1.variables_initializer([v for o in opts.values() for v in o.variables()]))
+            self._assigner = _Assigner({**self._slots, **(self._loss_scale.variables if self._loss_scale else {})})
+            model.session.run(_V1.variables_initializer([v for o in opts.values() for v in o.variables()] +
+                                                        ([*self._loss_scale.variables.values()]
+                                                         if self._loss_scale else [])))
 
     def _shared_graph(self, terms: dict, wd, decayed: list[str]) -> None:
         """A data-parallel step's tensors: ``_local`` (this rank's gradient sums, image count and term sums
@@ -560,7 +610,7 @@ class TFTrainer(Trainer):
         feed.update({self._factor[g]: f for g, f in self._factors.items()})
         if self.collective is not None:
             # an empty share runs nothing (its BatchNorm moments would be NaN) and adds zeros
-            local = (m.session.run([self._local] + self.model.bn_updates, feed_dict=feed)[0] if len(y)
+            local = (m.session.run([self._local] + self._bn_updates, feed_dict=feed)[0] if len(y)
                      else np.zeros(self._width, np.float32))
             feed = {self._incoming: self.collective.all_reduce([local])[0], self._lr: float(lr)}
             feed.update({self._factor[g]: f for g, f in self._factors.items()})
@@ -579,13 +629,21 @@ class TFTrainer(Trainer):
 
     def state(self) -> dict[str, np.ndarray]:
         values = self.model.session.run(self._slots)
-        return {f"momentum/{k}": layout.from_tf(k, v).astype(np.float32) for k, v in values.items()}
+        out = {f"momentum/{k}": layout.from_tf(k, v).astype(np.float32) for k, v in values.items()}
+        if self._loss_scale is not None:
+            out.update({k: np.array([v], np.float32)
+                        for k, v in self.model.session.run(self._loss_scale.variables).items()})
+        return out
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore momentum buffers; a parameter without a buffer in ``state`` restarts at zero."""
         shapes = self.model.graph.param_shapes()
         tf_values = {}
         for key, value in state.items():
+            if key.startswith("loss_scale/"):  # float16 only; a float32 run resuming a float16 one ignores it
+                if self._loss_scale is not None and key in self._loss_scale.variables:
+                    tf_values[key] = np.asarray(value, np.float32).reshape(())
+                continue
             name = key[len("momentum/"):] if key.startswith("momentum/") else None
             if name not in self._slots:
                 raise UserError(f"optimizer state: unexpected entry '{key}' for model '{self.model.graph.arch}'")
@@ -598,6 +656,39 @@ class TFTrainer(Trainer):
             if name not in tf_values:
                 tf_values[name] = np.zeros(slot.shape, np.float32)
         self._assigner.run(self.model.session, tf_values)
+
+
+class _LossScale:
+    """Dynamic loss scaling of a float16 training step (:data:`backends.base.LOSS_SCALE`, PyTorch's
+    ``GradScaler`` rule): the loss is multiplied by the scale before differentiation and the
+    gradients divided by it; a step with a non-finite gradient is skipped and halves the scale;
+    ``growth_interval`` finite steps in a row double it."""
+
+    def __init__(self):
+        c = LOSS_SCALE
+        self.c = c
+        # plain variables (unique names): several trainers may train one model in turn
+        self.scale = _V1.Variable(float(c["init"]), trainable=False, name="loss_scale", use_resource=True)
+        self.good = _V1.Variable(0.0, trainable=False, name="good_steps", use_resource=True)
+        self.variables = {"loss_scale/scale": self.scale, "loss_scale/good_steps": self.good}
+        self.finite = None
+
+    def gradients(self, opt, total, var_list) -> list:
+        scaled = opt.compute_gradients(total * self.scale, var_list)
+        grads = [(g / self.scale if g is not None else None, v) for g, v in scaled]
+        self.finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in grads if g is not None])
+        return grads
+
+    def apply(self, grads, apply_all):
+        """The update when every gradient is finite (else nothing), then the scale's update."""
+        c = self.c
+        step = tf.cond(self.finite, apply_all, tf.no_op)
+        with tf.control_dependencies([step]):
+            good = tf.where(self.finite, self.good + 1.0, 0.0)
+            grow = good >= float(c["growth_interval"])
+            scale = tf.where(self.finite, tf.where(grow, self.scale * c["growth"], self.scale),
+                             self.scale * c["backoff"])
+            return tf.group(self.scale.assign(scale), self.good.assign(tf.where(grow, 0.0, good)))
 
 
 class TFBackend(Backend):

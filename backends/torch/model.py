@@ -6,6 +6,7 @@ here is interpreting the graph and the training step of the contract.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from backends.base import (
+    LOSS_SCALE,
     Backend,
     LossSpec,
     Model,
@@ -117,9 +119,62 @@ def _grad(t: torch.Tensor) -> np.ndarray:
     return np.zeros(tuple(t.shape), np.float32) if t.grad is None else t.grad.detach().cpu().numpy().copy()
 
 
+class _MixedPrecision:
+    """``torch.autocast`` around a step's forward pass, and a ``GradScaler`` for float16.
+
+    float16 autocast and loss scaling also run on the CPU (PyTorch emulates float16 arithmetic
+    there, so they are slower than float32: they exist for parity with a GPU run, not speed).
+    """
+
+    def __init__(self, precision: str, device: torch.device):
+        self.dtype = None if precision == "float32" else getattr(torch, precision)
+        self.device_type = device.type
+        self.scaler = None
+        if precision == "float16":
+            c = LOSS_SCALE
+            self.scaler = torch.amp.GradScaler(device.type, init_scale=c["init"], growth_factor=c["growth"],
+                                               backoff_factor=c["backoff"], growth_interval=c["growth_interval"])
+
+    def autocast(self):
+        return (torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None
+                else contextlib.nullcontext())
+
+    def backward(self, total: torch.Tensor, opt) -> None:
+        """Gradients of ``total`` (scaled, then unscaled in place: what the step and ``gradients()`` see)."""
+        if self.scaler is None:
+            total.backward()
+            return
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(opt)
+
+    def step(self, opt) -> None:
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)  # skipped when a gradient is not finite
+        self.scaler.update()
+
+    def state(self) -> dict[str, np.ndarray]:
+        if self.scaler is None:
+            return {}
+        sd = self.scaler.state_dict()
+        return {"loss_scale/scale": np.array([sd.get("scale", LOSS_SCALE["init"])], np.float32),
+                "loss_scale/good_steps": np.array([sd.get("_growth_tracker", 0)], np.float32)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if self.scaler is not None and "loss_scale/scale" in state:
+            self.scaler.load_state_dict({**self.scaler.state_dict(),
+                                         "scale": float(state["loss_scale/scale"][0]),
+                                         "_growth_tracker": int(state["loss_scale/good_steps"][0])})
+
+
 class TorchTrainer(Trainer):
     def __init__(self, model: TorchModel, loss: LossSpec, optim: OptimSpec, collective=None):
         self.model, self.loss, self.collective = model, loss, collective
+        self.amp = _MixedPrecision(optim.check_precision(), model.device)
+        if collective is not None and self.amp.scaler is not None:
+            # the scaler would have to agree on skipped steps across ranks; bfloat16 needs no scaling
+            raise UserError("float16 with loss scaling is not supported in data-parallel runs: use bfloat16")
         self.named = {k: t for k, t in _tensors(model.module).items() if not Graph.is_buffer(k)}
         self.decayed = [t for k, t in self.named.items() if model.graph[k.rsplit(".", 1)[0]].op != "bn"]
         # weight decay is a loss term (so it is reported and identical to TF's), not an optimiser option
@@ -149,7 +204,10 @@ class TorchTrainer(Trainer):
         m, spec = self.model, self.loss
         m.module.train()
         taps = (spec.feature_tap,) if spec.feature_weight else ()
-        logits, acts = m.module(torch.as_tensor(x, device=m.device), taps)
+        with self.amp.autocast():
+            logits, acts = m.module(torch.as_tensor(x, device=m.device), taps)
+        # every loss term in float32, whatever the forward pass computed in
+        logits, acts = logits.float(), {k: v.float() for k, v in acts.items()}
         target = torch.as_tensor(y, dtype=torch.long, device=m.device)
         terms = {}
         if spec.ce_weight:
@@ -215,13 +273,13 @@ class TorchTrainer(Trainer):
         if self.collective is None:
             terms = self._terms(x, y, teacher_logits, feature_target, False)
             total = sum(terms.values())
-            total.backward()
+            self.amp.backward(total, self.opt)
             out = {k: float(v.detach()) for k, v in terms.items()}
             out["loss"] = float(total.detach())
         else:
             out = self._shared_backward(x, y, teacher_logits, feature_target)
         self.last_grads = {k: _grad(self.named[k]) for k in self.grad_names}
-        self.opt.step()
+        self.amp.step(self.opt)
         self.model.module.eval()
         return out
 
@@ -231,7 +289,7 @@ class TorchTrainer(Trainer):
             buf = self.opt.state.get(t, {}).get("momentum_buffer")
             out[f"momentum/{k}"] = (buf.detach().cpu().numpy().copy() if buf is not None
                                     else np.zeros(tuple(t.shape), np.float32))
-        return out
+        return {**out, **self.amp.state()}
 
     def load_state(self, state):
         for k, t in self.named.items():
@@ -239,6 +297,7 @@ class TorchTrainer(Trainer):
             if v is None or tuple(v.shape) != tuple(t.shape):
                 raise UserError(f"optimiser state has no matching entry for '{k}'")
             self.opt.state[t]["momentum_buffer"] = torch.as_tensor(v, device=t.device).clone()
+        self.amp.load_state(state)
 
 
 class TorchBackend(Backend):

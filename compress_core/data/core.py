@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -85,6 +85,14 @@ class Dataset:
         x = self.x[indices]
         x = augment(x, rng) if augment is not None else x
         return x if rows is None else x[rows]
+
+    def stream(self, batches: Iterable[np.ndarray], rng: np.random.Generator | None = None,
+               augment: Augment | None = None, rows: Sequence[slice] | None = None) -> Iterator[np.ndarray]:
+        """:meth:`take` of every index array of ``batches`` (``rows[b]`` of batch ``b`` when given), in
+        order (what :func:`iterate_batches` reads); a lazy dataset overrides it to decode ahead while
+        the caller trains."""
+        for b, indices in enumerate(batches):
+            yield self.take(indices, rng, augment, None if rows is None else rows[b])
 
 
 class Splits(NamedTuple):
@@ -252,7 +260,7 @@ def _batches(dataset: Dataset, batch_size: int, n_batches: int, shuffle: bool,
              rng: np.random.Generator | None, augment: Augment | None, part, stride):
     order = rng.permutation(len(dataset)) if shuffle else np.arange(len(dataset))
     k, m = part
-    for b in range(stride[0], n_batches, stride[1]):
-        idx = order[b * batch_size:(b + 1) * batch_size]
-        rows = slice(len(idx) * k // m, len(idx) * (k + 1) // m)
-        yield dataset.take(idx, rng, augment, rows), dataset.y[idx][rows]
+    indices = [order[b * batch_size:(b + 1) * batch_size] for b in range(stride[0], n_batches, stride[1])]
+    rows = [slice(len(idx) * k // m, len(idx) * (k + 1) // m) for idx in indices]
+    for idx, r, x in zip(indices, rows, dataset.stream(indices, rng, augment, rows)):
+        yield x, dataset.y[idx][r]

@@ -9,9 +9,12 @@ set, used as the test split.
 
 Nothing is held in memory but the file list: :class:`FolderImages` is an
 array-like ``[N, 3, S, S]`` whose indexing decodes the images it is asked for with
-the evaluation transform, and :meth:`ImageFolderDataset.take` (what
-:func:`compress_core.data.iterate_batches` calls) decodes a training batch with
-the training transform when augmentation is asked for. The transforms are
+the evaluation transform, and :meth:`ImageFolderDataset.take` decodes a training
+batch with the training transform when augmentation is asked for.
+:func:`compress_core.data.iterate_batches` reads through
+:meth:`ImageFolderDataset.stream`: with ``workers`` decoding processes, the next
+batches decode (and augment) in the workers while the current one trains, at most
+``prefetch`` batches ahead (bounded memory). The transforms are
 torchvision's ImageNet ones for a crop size ``S`` (224 by default):
 
 * evaluation: resize the shorter side to ``round(S / 0.875)`` (256 for 224),
@@ -20,16 +23,20 @@ torchvision's ImageNet ones for a crop size ``S`` (224 by default):
   horizontal flip with probability 1/2;
 
 then ``x = (pixel / 255 - mean) / std`` with the ImageNet statistics. Random
-numbers come from the caller's generator in a fixed amount per image, so the
-batches are identical for both backends and for any number of decoding threads.
+numbers come from the caller's generator in a fixed amount per image, drawn in the
+calling process in batch order, so the batches are identical for both backends and
+for any number of decoding processes (0: decode in the calling process).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,23 +102,81 @@ def random_crop_box(w: int, h: int, u: np.ndarray) -> tuple[int, int, int, int]:
     return left, top, left + cw, top + ch
 
 
+def decode_image(path: str, size: int, u: np.ndarray | None = None, flip: bool = False) -> np.ndarray:
+    """One image as normalised ``float32 [3, size, size]``: the training transform with the crop
+    uniforms ``u [10, 4]`` (:func:`random_crop_box`) and ``flip``, or the evaluation one (``u`` None)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as f:
+            img = f.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot decode image {path}: {exc}") from exc
+    if u is None:
+        img = _resized(img, eval_resize(size))
+        img = img.crop(center_crop_box(*img.size, size))
+    else:
+        img = img.crop(random_crop_box(*img.size, u)).resize((size, size), Image.BILINEAR)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    x = np.asarray(img, np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+
+
+def _decode_chunk(jobs: list, size: int) -> np.ndarray:
+    """``[len(jobs), 3, size, size]`` of ``(path, u, flip)`` jobs (a worker process's task)."""
+    out = np.empty((len(jobs), 3, size, size), np.float32)
+    for k, (path, u, flip) in enumerate(jobs):
+        out[k] = decode_image(path, size, u, flip)
+    return out
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def decoder_pool(workers: int) -> ProcessPoolExecutor:
+    """The process's pool of ``workers`` decoding processes, started on first use and shared by every
+    folder dataset. Workers come from a fork server (``spawn`` where there is none): forking the
+    training process itself would copy a framework's thread pools mid-operation."""
+    pool = _POOLS.get(workers)
+    if pool is None or getattr(pool, "_broken", False):
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in methods:
+            context.set_forkserver_preload([__name__])  # each worker forks with numpy and PIL loaded
+        pool = _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context)
+    return pool
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Decoding processes for a ``workers`` setting: -1 one per CPU core, None or 0 none."""
+    if workers is None:
+        return 0
+    check(isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= -1,
+          f"decoding workers must be an integer >= -1 (-1: one per CPU core), got {workers!r}")
+    return int(os.cpu_count() or 1) if workers == -1 else int(workers)
+
+
 class FolderImages:
     """Lazy ``float32 [N, 3, S, S]`` images of a list of files.
 
     ``images[i]``, ``images[a:b]`` and ``images[index_array]`` decode those files with
     the evaluation transform; :meth:`decode` with a generator uses the training one.
-    ``workers`` threads decode a batch (PIL releases the GIL while decoding).
+    ``workers`` processes decode (:func:`resolve_workers`: -1 one per CPU core, 0 or None
+    in the calling process); :meth:`stream` keeps them busy ``prefetch`` batches ahead.
     """
 
     ndim = 4
     dtype = np.dtype(np.float32)
 
-    def __init__(self, files, size: int = 224, workers: int | None = None):
+    def __init__(self, files, size: int = 224, workers: int | None = None, prefetch: int = 2):
         check(isinstance(size, int) and not isinstance(size, bool) and size >= 1,
               f"image size must be a positive integer, got {size!r}")
+        check(isinstance(prefetch, int) and prefetch >= 1, f"prefetch must be a positive integer, got {prefetch!r}")
         self.files = tuple(str(f) for f in files)
         self.size = size
-        self.workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
+        self.workers = resolve_workers(workers)
+        self.prefetch = prefetch
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -126,45 +191,62 @@ class FolderImages:
         return self.decode(np.arange(len(self))[index])
 
     def subset(self, indices) -> FolderImages:
-        return FolderImages([self.files[i] for i in np.asarray(indices, np.int64)], self.size, self.workers)
+        return FolderImages([self.files[i] for i in np.asarray(indices, np.int64)], self.size, self.workers,
+                            self.prefetch)
 
-    def decode(self, indices, rng: np.random.Generator | None = None, rows: slice | None = None) -> np.ndarray:
-        """Images ``indices``: training transform with uniforms drawn from ``rng``, else evaluation;
-        only ``rows`` of them are decoded (the uniforms are drawn for all: a data-parallel share)."""
+    def _jobs(self, indices, rng: np.random.Generator | None, rows: slice | None = None) -> list:
+        """``(path, crop uniforms, flip)`` per image; the uniforms drawn from ``rng`` here, in the
+        calling process (None: the evaluation transform); only ``rows`` of them (the uniforms are
+        drawn for all: a data-parallel share)."""
         indices = np.asarray(indices, np.int64).reshape(-1)
         u = flips = [None] * len(indices)
         if rng is not None:
             u, flips = rng.random((len(indices), _ATTEMPTS, 4)), rng.random(len(indices)) < 0.5
-        jobs = [(self.files[i], u[k], flips[k]) for k, i in enumerate(indices)][rows or slice(None)]
-        out = np.empty((len(jobs), 3, self.size, self.size), np.float32)
-        if self.workers > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(min(self.workers, len(jobs))) as pool:
-                for k, img in enumerate(pool.map(self._one, jobs)):
-                    out[k] = img
-        else:
-            for k, job in enumerate(jobs):
-                out[k] = self._one(job)
-        return out
+        return [(self.files[i], u[k], bool(flips[k])) for k, i in enumerate(indices)][rows or slice(None)]
 
-    def _one(self, job) -> np.ndarray:
-        from PIL import Image
+    def _submit(self, jobs: list) -> list:
+        """Futures of ``jobs`` split into one chunk per worker."""
+        if not jobs:
+            return []
+        pool = decoder_pool(self.workers)
+        chunks = np.array_split(np.arange(len(jobs)), min(self.workers, len(jobs)))
+        return [pool.submit(_decode_chunk, [jobs[k] for k in chunk], self.size) for chunk in chunks]
 
-        path, u, flip = job
-        size = self.size
+    def _gather(self, futures: list) -> np.ndarray:
+        parts = [f.result() for f in futures]
+        return np.concatenate(parts) if parts else np.empty((0, 3, self.size, self.size), np.float32)
+
+    def decode(self, indices, rng: np.random.Generator | None = None, rows: slice | None = None) -> np.ndarray:
+        """Images ``indices``: training transform with uniforms drawn from ``rng``, else evaluation;
+        only ``rows`` of them are decoded."""
+        jobs = self._jobs(indices, rng, rows)
+        if self.workers and len(jobs) > 1:
+            return self._gather(self._submit(jobs))
+        return _decode_chunk(jobs, self.size)
+
+    def stream(self, batches: Iterable, rng: np.random.Generator | None = None,
+               rows: Sequence[slice] | None = None) -> Iterator[np.ndarray]:
+        """:meth:`decode` of every index array of ``batches`` (only ``rows[b]`` of batch ``b`` when
+        given), in order. With workers, up to ``prefetch`` batches are decoding while the caller
+        works on the current one, so ``rng`` is consumed that far ahead (the same numbers, in the
+        same order, as batch by batch)."""
+        if not self.workers:
+            for b, indices in enumerate(batches):
+                yield self.decode(indices, rng, None if rows is None else rows[b])
+            return
+        pending: deque = deque()
+        batches = iter(batches)
         try:
-            with Image.open(path) as f:
-                img = f.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise UserError(f"cannot decode image {path}: {exc}") from exc
-        if u is None:
-            img = _resized(img, eval_resize(size))
-            img = img.crop(center_crop_box(*img.size, size))
-        else:
-            img = img.crop(random_crop_box(*img.size, u)).resize((size, size), Image.BILINEAR)
-            if flip:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        x = np.asarray(img, np.float32).transpose(2, 0, 1) / np.float32(255.0)
-        return (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+            for b, indices in enumerate(batches):
+                pending.append(self._submit(self._jobs(indices, rng, None if rows is None else rows[b])))
+                if len(pending) > self.prefetch:
+                    yield self._gather(pending.popleft())
+            while pending:
+                yield self._gather(pending.popleft())
+        finally:  # the caller stopped early (or a worker failed): drop the work nobody will read
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,6 +275,9 @@ class ImageFolderDataset(Dataset):
 
     def take(self, indices, rng=None, augment=None, rows=None) -> np.ndarray:
         return self.x.decode(indices, rng if augment is not None else None, rows)
+
+    def stream(self, batches, rng=None, augment=None, rows=None):
+        return self.x.stream(batches, rng if augment is not None else None, rows)
 
 
 def _scan_split(root: Path, split: str) -> dict[str, list[str]]:

@@ -299,3 +299,71 @@ def test_asymmetric_padding_matches_the_oracle_onnx_and_torch_export_and_trains(
     trainer = backend.trainer(model, LossSpec(), OptimSpec(0.9, True))
     losses = [trainer.step(*batch, lr=0.05)["loss"] for _ in range(10)]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def _mixed_graphs():
+    """Every operator and conv form, and a DCFF fused conv, for the mixed-precision contract."""
+    from compress_core.ir.graph import Graph, Node, bn_node, conv_node
+
+    convs = [Node("input", "input")]
+    for i, (k, stride, dilation, groups, out) in enumerate(CONV_FORMS.values()):
+        pad = tuple(d * (kk - 1) // 2 for d, kk in zip(dilation, k))
+        convs += [conv_node(f"c{i}", "input", out, k=k, stride=stride, pad=pad, dilation=dilation, groups=groups,
+                            bias=True), Node(f"g{i}", "gap", (f"c{i}",))]
+    convs += [Node("cat", "concat", tuple(f"g{i}" for i in range(len(CONV_FORMS)))), bn_node("bn", "cat"),
+              Node("fc", "dense", ("bn",), {"out": 5, "bias": True})]
+    fused = [Node("input", "input"), conv_node("c", "input", 4, k=3, bias=True), bn_node("bn", "c"),
+             Node("r", "relu", ("bn",)), Node("g", "gap", ("r",)), Node("fc", "diagonal", ("g",), {"out": 5, "bias": True})]
+    fused[1].attrs["fused_from"] = 6
+    imported = _imported_ops_graph()
+    imported["drop"].attrs["p"] = 0.0  # random: two runs of one step would differ at any precision
+    return {"tiny": tiny_graph(), "imported_ops": imported, "conv_forms": Graph("forms", (4, 9, 11), convs, "fc"),
+            "fused": Graph("fused", (3, 9, 10), fused, "fc")}
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_steps_keep_float32_weights_statistics_and_loss(backend, precision):
+    # a bfloat16 product keeps 8 bits of mantissa, a float16 one 11: the step's loss and the BatchNorm
+    # statistics (computed in float32 from low-precision activations) agree with float32's that closely
+    tol = {"bfloat16": 3e-2, "float16": 4e-3}[precision]
+    for name, g in _mixed_graphs().items():
+        x = np.random.default_rng(1).normal(size=(6, *g.input_shape)).astype(np.float32)
+        batch = (x, np.arange(6) % 5)
+        params = trained_like(g)
+        if "c.fusion" in params:
+            params["c.fusion"] = np.random.default_rng(2).uniform(0, 0.5, params["c.fusion"].shape).astype(np.float32)
+        ref, mixed = backend.build(g, params), backend.build(g, params)
+        loss = LossSpec(weight_decay=1e-3)
+        want = backend.trainer(ref, loss).step(*batch, lr=0.0)
+        trainer = backend.trainer(mixed, loss, OptimSpec(precision=precision))
+        got = trainer.step(*batch, lr=0.0)
+        assert set(got) == set(want) and got["wd"] == want["wd"], name  # weight decay: the float32 weights
+        assert got["loss"] == pytest.approx(want["loss"], rel=tol), name
+        w_ref, w = backend.get_weights(ref), backend.get_weights(mixed)
+        assert all(v.dtype == np.float32 for v in w.values())
+        for k in w:
+            tol_k = tol * (1 + float(np.abs(w_ref[k]).max()))
+            assert np.abs(w[k] - w_ref[k]).max() <= tol_k, (name, k)  # lr 0: only the running statistics move
+        losses = [trainer.step(*batch, lr=0.05)["loss"] for _ in range(8)]
+        assert np.isfinite(losses).all() and losses[-1] < losses[0], (name, losses)
+
+
+def test_float16_loss_scaling_skips_non_finite_steps_and_resumes(backend, batch):
+    g = tiny_graph()
+    params = trained_like(g)
+    model = backend.build(g, params)
+    trainer = backend.trainer(model, LossSpec(), OptimSpec(precision="float16"))
+    trainer.step(*batch, lr=0.05)
+    state = trainer.state()
+    assert state["loss_scale/scale"][0] == 2.0 ** 16 and state["loss_scale/good_steps"][0] == 1
+    # a scale that overflows float32's gradients: the step is skipped and the scale halved
+    before = backend.get_weights(model)
+    trainer.load_state({**state, "loss_scale/scale": np.array([3e38], np.float32)})
+    out = trainer.step(*batch, lr=0.05)
+    after = backend.get_weights(model)
+    assert np.isfinite(out["loss"])
+    assert all(np.array_equal(before[k], after[k]) for k in before if "running" not in k)
+    state = trainer.state()
+    assert state["loss_scale/scale"][0] == pytest.approx(1.5e38) and state["loss_scale/good_steps"][0] == 0
+    # a float32 trainer resuming a float16 one ignores the scale
+    backend.trainer(model, LossSpec()).load_state(state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -134,3 +136,24 @@ def test_bad_folders(root, tmp_path):
         train.x[0]
     with pytest.raises(UserError, match="image size"):
         FolderImages([], size=0)
+
+
+def test_worker_processes_give_the_in_process_batches(root):
+    """Decoding in 2 processes, 1 batch ahead, yields the batches (order, crops, flips) of the calling process."""
+    inline, _ = imagefolder.load_image_folder(root, size=32, workers=0)
+    pooled, _ = imagefolder.load_image_folder(root, size=32, workers=2)
+    pooled = dataclasses.replace(pooled, x=FolderImages(pooled.x.files, 32, workers=2, prefetch=1))
+    for shuffle, augment in ((True, data.flip_and_crop), (False, None)):
+        want = list(data.iterate_batches(inline, 2, shuffle, np.random.default_rng(3), augment))
+        got = list(data.iterate_batches(pooled, 2, shuffle, np.random.default_rng(3), augment))
+        assert len(got) == len(want) == 5
+        for (x1, y1), (x2, y2) in zip(want, got):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    # a consumer that stops early leaves nothing running; a broken file fails in the worker with its name
+    next(iter(data.iterate_batches(pooled, 2, True, np.random.default_rng(3), data.flip_and_crop)))
+    (root / "train" / CLASSES[1] / "img0.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="cannot decode image .*img0.JPEG"):
+        list(data.iterate_batches(pooled, 4, False))
+    with pytest.raises(UserError, match="decoding workers"):
+        FolderImages([], workers=-2)

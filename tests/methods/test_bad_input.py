@@ -20,7 +20,7 @@ from compress_core import fileio
 from compress_core.ir import checkpoint, zoo
 from compress_core.ir.init import init_params
 from methods import cdc_prune, decompose, evaluate, kse, train
-from tests.conftest import trained_like
+from tests.conftest import tensorboard_scalars, trained_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -115,6 +115,10 @@ CASES = {
     "predefined plan without widths": (cdc_prune.cli, ["--config.cdc.plan=predefined"], "cdc.widths"),
     "kse finetune.epochs -1": (kse.cli, ["--config.finetune.epochs=-1"], "finetune.epochs"),
     "decompose finetune.lr -1": (decompose.cli, ["--config.finetune.lr=-1"], "finetune.lr"),
+    "unknown precision": (train.cli, ["--config.train.precision=float8"], "train.precision"),
+    "distill precision": (cdc_prune.cli, ["--config.distill.precision=half"], "distill.precision"),
+    "data.workers -2": (train.cli, ["--config.data.workers=-2"], "data.workers"),
+    "log.tensorboard not a switch": (train.cli, ["--config.log.tensorboard=maybe"], "log.tensorboard"),
 }
 
 
@@ -163,6 +167,8 @@ def test_a_nan_loss_stops_with_the_stage_and_epoch_and_keeps_the_last_good_epoch
     weights = checkpoint.load_checkpoint(str(stage / "last.safetensors"))[1]
     assert all(np.all(np.isfinite(v)) for v in weights.values())
     assert not (tmp_path / "w" / "metrics.json").exists()
+    # the dashboard was flushed and closed on the error: epoch 1 is there
+    assert [s for s, _ in tensorboard_scalars(tmp_path / "w" / "tb" / "train")["val/accuracy"]] == [1]
 
 
 def test_evaluate_never_overwrites_another_commands_results(tmp_path, capsys):

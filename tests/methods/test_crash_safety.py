@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from compress_core.ir import checkpoint
+from tests.conftest import tensorboard_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config.train.batch_size=512"]
@@ -59,6 +60,10 @@ def test_killed_at_every_write_of_an_epoch_resumes_to_the_uninterrupted_result(t
     for name in ("last.safetensors", "best.safetensors"):
         wa, wb = checkpoint.load_checkpoint(str(a / name))[1], checkpoint.load_checkpoint(str(b / name))[1]
         assert all(np.array_equal(wa[k], wb[k]) for k in wa), name
+    # the dashboard of the chain, as TensorBoard reads it, is the uninterrupted run's: no epoch missing or twice
+    board = tensorboard_scalars(tmp_path / "ref" / "tb" / "train")
+    assert board == tensorboard_scalars(tmp_path / "chain" / "tb" / "train")
+    assert [s for s, _ in board["val/accuracy"]] == list(range(1, EPOCHS + 1))
     files = sorted(os.listdir(a))
     assert files == sorted(os.listdir(b)) == sorted(["best.safetensors", "last.safetensors", "state.json",
                                                      "optimizer.safetensors", f"epoch-{EPOCHS:06d}"])

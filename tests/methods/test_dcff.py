@@ -13,7 +13,7 @@ from compress_core.ir import checkpoint, flops, zoo
 from compress_core.recipes import dcff
 from methods import common
 from methods import dcff as dcff_method
-from tests.conftest import close, trained_like
+from tests.conftest import close, tensorboard_scalars, trained_like
 
 CONFIG = f"{common.HYPERPARAMS}/dcff_resnet20_digits.py"
 TINY = ["--config.train.epochs=2", "--config.train.batch_size=256"]
@@ -41,11 +41,27 @@ def test_dcff_end_to_end_export_and_resume(backend_name, tmp_path, capsys):
     assert meta["method"] == "dcff" and not any(k.endswith(".fusion") for k in params)
     assert all("fused_from" not in n.attrs for n in g.nodes) and flops.summary(g) == {
         "macs": small["macs"], "params": small["params"]}
+    # the dashboard: the history, the selection and the table's costs, as TensorBoard reads them
+    board = tensorboard_scalars(workdir / "tb" / "train")
+    history = json.loads((workdir / "train" / "state.json").read_text())["history"]
+    f32 = np.float32
+    assert board["val/accuracy"] == [(r["epoch"], f32(r["val_accuracy"])) for r in history]
+    assert board["lr"] == [(r["epoch"], f32(r["lr"])) for r in history]
+    assert {t for t in board if t.startswith("train/")} == {"train/loss", "train/ce", "train/wd"}
+    assert board["train/loss"] == [(r["epoch"], f32(r["train_loss"])) for r in history]
+    assert board["dcff/temperature"] == [(r["epoch"], f32(r["t"])) for r in sel]
+    assert board["dcff/changed_filters"] == [(2, sum(sel[1]["changed"].values()))]
+    report = tensorboard_scalars(workdir / "tb" / "report")
+    assert report["compression/macs"] == [(i, f32(r["macs"])) for i, r in enumerate(m["rows"])]
+    assert report["compression/params"] == [(i, f32(r["params"])) for i, r in enumerate(m["rows"])]
     if backend_name == "tf":
         return
     assert dcff_method.cli(argv) == 0  # a rerun resumes after the last epoch: no training
     assert "resuming after epoch 2" in (workdir / "log.txt").read_text()
     assert json.loads((workdir / "metrics.json").read_text())["selection"] == sel
+    # nothing twice on the dashboard after the rerun
+    assert tensorboard_scalars(workdir / "tb" / "train") == board
+    assert tensorboard_scalars(workdir / "tb" / "report") == report
 
 
 @pytest.mark.parity

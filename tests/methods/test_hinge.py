@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from compress_core.data import config
 from compress_core.ir import checkpoint, flops
 from methods import common
 from methods import hinge as hinge_method
-from tests.conftest import digits_teacher
+from tests.conftest import digits_teacher, tensorboard_scalars
 
 CONFIG = f"{common.HYPERPARAMS}/hinge_resnet20_digits.py"
 # stop_limit 2: the stopping rule fires after the first search epoch (MAC ratio at tau0 <= 0.5 + 2)
@@ -53,6 +54,12 @@ def test_hinge_end_to_end(backend_name, runs):
     rho = json.loads((work / "search" / "grad_ratio.json").read_text())
     assert rho["updates"] == steps
     assert 5 / 9 <= m["search"][0]["grad_ratio"] == rho["rho"] <= 9 / 5
+    # the dashboard: the MAC ratio of the search epoch, and the table's MACs
+    search = tensorboard_scalars(work / "tb" / "search")
+    assert search["hinge/mac_ratio_at_tau0"] == [(1, np.float32(m["search"][0]["mac_ratio_at_tau0"]))]
+    assert [s for s, _ in search["val/accuracy"]] == [1]  # the search stopped before its second epoch
+    report = tensorboard_scalars(work / "tb" / "report")["compression/macs"]
+    assert report == [(i, np.float32(r["macs"])) for i, r in enumerate(m["rows"])]
 
 
 @pytest.mark.parity
