@@ -183,6 +183,8 @@ def to_keras(graph: Graph, params: Mapping[str, np.ndarray]):
     """
     import keras
 
+    if int(keras.__version__.split(".")[0]) < 3:
+        raise UserError(f"the keras format needs Keras 3 (TensorFlow 2.16 or later); Keras {keras.__version__} is installed")
     graph, params = inference_graph(graph, params)
     return _KerasBuilder(graph, params, keras).model()
 

@@ -110,16 +110,20 @@ def _mobile_bits() -> Graph:
     return Graph("mobile_bits", (3, 16, 12), nodes, "sum")
 
 
-@pytest.mark.parametrize("make", [_mobile_bits, tiny_graph], ids=["mobile_bits", "tiny"])
-def test_every_op_exports_to_every_format_with_equal_logits(make, backends, tmp_path):
+@pytest.mark.parametrize(("make", "formats"), [(_mobile_bits, ("savedmodel", "tflite", "keras")),
+                                               (tiny_graph, ("keras",))], ids=["mobile_bits", "tiny"])
+def test_every_op_exports_with_equal_logits(make, formats, backends, tmp_path):
+    """The tiny graph's awkward cases (asymmetric padding at stride 2, a select with zero channels, a
+    flatten of a 2x3 map before a dense layer) matter to the Keras layer mapping; the SavedModel and
+    TFLite files run the TF backend's own pass, which the contract suite checks on it."""
     be = backends["tf"]
     g = make()
     params = trained_like(g, seed=4)
     x = np.random.default_rng(1).normal(size=(3, *g.input_shape)).astype(np.float32)
     want = be.forward(be.build(g, params), x)[0]
     assert np.ptp(want, axis=0).max() > 0.05
-    for fmt, name in (("savedmodel", "net"), ("tflite", "net.tflite"), ("keras", "net.keras")):
-        path = str(tmp_path / name)
+    for fmt in formats:
+        path = str(tmp_path / {"savedmodel": "net", "tflite": "net.tflite", "keras": "net.keras"}[fmt])
         be.export(g, params, path, fmt)
         run = be.load_exported(path, fmt)
         assert close(want, run(x)) < 1e-4 and close(want[1:], run(x[1:])) < 1e-4, fmt  # any batch size
