@@ -233,9 +233,10 @@ def source_arch(source: str) -> str:
 
 def source_graph(ctx: Context):
     """``(graph, params)`` of ``model.source`` for the run's data, read once: a zoo model (params None:
-    seeded when built, or the ``.pth`` state_dict of ``model.weights``), or an imported module (its own
-    parameters, with the ``.pth`` of ``model.weights`` loaded into it). A model that takes other inputs
-    or gives other classes than the data is a one-line error."""
+    seeded when built, or the ``.pth`` state_dict of ``model.weights``), or an imported model (its own
+    parameters: a module with the ``.pth`` of ``model.weights`` loaded into it, a Keras model with its
+    ``.weights.h5``, a TF1 graph with the variables of the checkpoint prefix). A model that takes other
+    inputs or gives other classes than the data is a one-line error."""
     if "source" in ctx.cache:
         return ctx.cache["source"]
     from backends.base import import_source, read_state_dict
@@ -244,7 +245,7 @@ def source_graph(ctx: Context):
     shape, classes = tuple(splits.train.x.shape[1:]), splits.num_classes
     if m.input_shape and tuple(m.input_shape) != shape:
         raise UserError(f"the data has inputs of shape {shape}, model.input_shape is {tuple(m.input_shape)}")
-    pth = m.weights if m.weights and not is_checkpoint(m.weights) else ""
+    pth = m.weights if m.weights and not is_checkpoint(m.weights) else ""  # the source's own weights file
     if m.source in zoo.MODELS:
         graph = zoo.build(m.source, classes, shape)
         params = None
