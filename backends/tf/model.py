@@ -469,7 +469,7 @@ class TFTrainer(Trainer):
         self._projection: np.ndarray | None = None
         if self._feature:
             g[loss.feature_tap]  # raises a clear error for an unknown layer name
-        precision = optim.check_precision()
+        precision = self._precision = optim.check_precision()
         train, bn_updates = model.training_pass(precision)  # built on first use
         with model.tf_graph.as_default(), tf.name_scope("trainer"):
             self._y = _V1.placeholder(tf.int64, [None], name="labels")
@@ -617,7 +617,15 @@ class TFTrainer(Trainer):
             _, values, grads = m.session.run([self._apply, self._fetch, self._grads], feed_dict=feed)
             self._last_grads = {k: layout.from_tf(k, v) for k, v in grads.items()}
             return {k: float(v) for k, v in values.items()}
-        _, values, grads = m.session.run([self._train_op, self._fetch, self._grads], feed_dict=feed)
+        try:
+            _, values, grads = m.session.run([self._train_op, self._fetch, self._grads], feed_dict=feed)
+        except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as e:
+            if self._precision == "float32" or "kernel" not in str(e).lower():
+                raise
+            # oneDNN brings bfloat16 kernels of its own; a build or CPU without them lacks some
+            raise UserError(f"TensorFlow on this machine has no {self._precision} kernel for an operation of "
+                            f"this network ({str(e).splitlines()[0][:160]}); train with precision float32, or "
+                            f"with oneDNN on (TF_ENABLE_ONEDNN_OPTS=1)") from None
         self._last_grads = {k: layout.from_tf(k, v) for k, v in grads.items()}
         return {k: float(v) for k, v in values.items()}
 
