@@ -42,10 +42,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from any directory: this checkout's packages first
     sys.path.insert(0, ROOT)
 
-from compress_core.errors import UserError  # noqa: E402
-from compress_core.ir import zoo  # noqa: E402
-from compress_core.ir.init import init_params  # noqa: E402
-from methods.report import time_in_turns  # noqa: E402
+from compress_core.errors import UserError
+from compress_core.ir import zoo
+from compress_core.ir.init import init_params
+from methods.report import time_in_turns
 
 WEIGHT_DECAY, LR, MOMENTUM = 5e-4, 0.01, 0.9
 STAGES = (16, 32, 64)

@@ -13,6 +13,7 @@ variable created at build time, so loading weights never grows the graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -170,31 +171,51 @@ def _sum_nhw(x):
     return tf.reduce_sum(tf.reduce_sum(x, axis=[1, 2]), axis=0)
 
 
-def _mean_square_nhw(centred):
-    """Per-channel mean of ``centred ** 2`` (H*W first, then N), reading the map once: a Euclidean
+def _sum_square_nhw(centred):
+    """Per-channel sum of ``centred ** 2`` (H*W first, then N), reading the map once: a Euclidean
     norm per image needs no map-sized temporary, unlike squaring first."""
-    hw = float(np.prod(centred.shape[1:3]))
-    return tf.reduce_mean(tf.square(tf.math.reduce_euclidean_norm(centred, axis=[1, 2])), axis=0) / hw
+    return tf.reduce_sum(tf.square(tf.math.reduce_euclidean_norm(centred, axis=[1, 2])), axis=0)
 
 
-# TensorFlow's fused BatchNorm gradient kernel reads the batch statistics it is given as the mean and
-# biased variance on CPU (Eigen and oneDNN) but as cuDNN's inverse deviation on a GPU
-_CPU_ONLY = not tf.config.list_physical_devices("GPU")
+class _Counts:
+    """Values per channel in a batch (``N * H * W``) and that minus one (at least one), as float
+    tensors made once per spatial size from one read of the batch size: per BatchNorm they were
+    nine scalar ops, a few percent of a training step at batch 1."""
+
+    def __init__(self, x):
+        self.x, self.batch, self.made = x, None, {}
+
+    def __call__(self, hw: int):
+        if hw not in self.made:
+            if self.batch is None:
+                self.batch = tf.cast(tf.shape(self.x)[0], tf.float32)
+            n = self.batch * float(hw)
+            self.made[hw] = (n, tf.maximum(n - 1.0, 1.0))
+        return self.made[hw]
 
 
-def _batch_normalise(centred, gamma, beta, var, eps: float, fused_grad: bool = _CPU_ONLY):
+@functools.cache
+def _no_gpu() -> bool:
+    """Whether TensorFlow sees no GPU (asked once, when the first training pass is built)."""
+    return not tf.config.list_physical_devices("GPU")
+
+
+def _batch_normalise(centred, gamma, beta, var, eps: float, fused_grad: bool | None = None):
     """``centred / sqrt(var + eps) * gamma + beta`` of an NHWC map ``centred`` (its batch mean
     subtracted; ``var`` its biased batch variance), with the batch-statistics gradient.
 
     The forward is ``fused_batch_norm`` in inference mode (one read and write of the map). Its
     registered gradient treats the statistics as constants, so the gradient is given here:
-    TensorFlow's fused training-mode gradient kernel fed these statistics (``fused_grad``, CPU),
-    or ``dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))`` written out. Differentiating
+    TensorFlow's fused training-mode gradient kernel fed these statistics (``fused_grad``; by
+    default when TensorFlow sees no GPU: the kernel reads them as the mean and biased variance
+    on CPU, with and without oneDNN, but as cuDNN's inverse deviation on a GPU), or
+    ``dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))`` written out. Differentiating
     the unfused expression instead, as before, built ~14 elementwise ops and reductions over
     whole maps per BatchNorm: a ResNet-20 training step at batch 128 with oneDNN cost 1.3x a
     fused-BatchNorm network's (CPU time), the written-out gradient 1.3x, the fused kernel 1.02x.
     """
     zero = tf.zeros_like(var)
+    fused_grad = _no_gpu() if fused_grad is None else fused_grad
 
     @tf.custom_gradient
     def normalise(centred, gamma, beta):
@@ -217,7 +238,7 @@ def _batch_normalise(centred, gamma, beta, var, eps: float, fused_grad: bool = _
     return normalise(centred, gamma, beta)
 
 
-def _bn(x, node, V, mode: str, updates: list):
+def _bn(x, node, V, mode: str, updates: list, counts: _Counts | None = None):
     """BatchNorm with running statistics (``mode="running"``) or batch statistics.
 
     ``"batch"`` computes the statistics in two passes (the mean, then the mean square of the
@@ -225,6 +246,7 @@ def _bn(x, node, V, mode: str, updates: list):
     map with :func:`_batch_normalise`; ``"fused"`` uses ``fused_batch_norm`` in training mode
     (one op, as fast, but its statistics drift from PyTorch's by up to ~3e-5 per layer with
     oneDNN, ~1e-4 on the logits of a 164-layer network). Vectors run as ``[N, 1, 1, C]`` maps.
+    ``counts``: the :class:`_Counts` of the pass (``"batch"`` mode).
     """
     a = node.attrs
     gamma, beta = V[f"{node.name}.weight"], V[f"{node.name}.bias"]
@@ -238,9 +260,9 @@ def _bn(x, node, V, mode: str, updates: list):
         # (its input gradient has zero mean per channel, so subtracting the mean passes it unchanged)
         mean = tf.stop_gradient(_mean_nhw(x))
         centred = x - mean
-        var = tf.stop_gradient(_mean_square_nhw(centred))  # biased: normalises
-        n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-        unbiased = var * (n / tf.maximum(n - 1.0, 1.0))
+        squares = tf.stop_gradient(_sum_square_nhw(centred))
+        n, n_1 = counts(int(np.prod(x.shape[1:3])))
+        var, unbiased = squares / n, squares / n_1  # the biased variance normalises
         y = _batch_normalise(centred, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta), var, eps)
     elif mode == "fused":
         # training mode returns the unbiased batch variance (what the running variance averages)
@@ -347,18 +369,18 @@ def _depthwise(x, wd, sh: int, sw: int, padding: str = "VALID"):
 
 def _select(x, node, cin: int):
     s, src = int(node.attrs["stride"]), [int(j) for j in node.attrs["src"]]
-    if s > 1:
-        x = x[:, ::s, ::s, :]
     if src == list(range(cin)):
-        return x
+        return x[:, ::s, ::s, :] if s > 1 else x
     # a 1x1 convolution with a 0/1 matrix, not tf.gather: gathering along the innermost axis of
     # NHWC made CDC-pruned ResNet-56 slower than the original at batch 32 (55 vs 44 ms), the
-    # convolution makes it faster (39 ms), and picks the same values exactly (x * 1 + 0)
+    # convolution makes it faster (39 ms), and picks the same values exactly (x * 1 + 0). Strided,
+    # it subsamples too: ResNet-20 inference at batch 128 took 0.92x the CPU time of a strided
+    # slice and a channel pad (the hand-written option-A shortcut), a slice before the conv 1.05x
     pick = np.zeros((1, 1, cin, len(src)), np.float32)
     for k, j in enumerate(src):
         if j >= 0:  # -1: a zero channel
             pick[0, 0, j, k] = 1.0
-    return tf.nn.conv2d(x, tf.constant(pick), 1, "VALID")
+    return tf.nn.conv2d(x, tf.constant(pick), s, "VALID")
 
 
 def _diagonal(x, node, V):
@@ -422,6 +444,7 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
     dropout on (the training pass), None for the inference pass (dropout is the identity)."""
     shapes = graph.shapes()
     t: dict = {}
+    counts = _Counts(x_nhwc)
     for node in graph.nodes:
         a, op = node.attrs, node.op
         ins = [t[i] for i in node.inputs]
@@ -437,7 +460,7 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
             elif op == "diagonal":
                 y = _diagonal(ins[0], node, V)
             elif op == "bn":
-                y = _bn(ins[0], node, V, bn_mode, updates)
+                y = _bn(ins[0], node, V, bn_mode, updates, counts)
             elif op in _ACTIVATIONS:
                 y = _ACTIVATIONS[op](ins[0])
             elif op == "mul":
@@ -506,8 +529,9 @@ class TFTrainer(Trainer):
             if loss.weight_decay > 0:
                 decayed = [model.variables[k] for k in model.trainable
                            if g[k.rsplit(".", 1)[0]].op in ("conv", "dense", "diagonal")]
-                terms["wd"] = 0.5 * loss.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(v)) for v in decayed])
+                # l2_loss is sum(v^2) / 2 in one op whose gradient is one multiply (a square and a sum
+                # had two per variable)
+                terms["wd"] = loss.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in decayed])
             if self._kd:
                 T = float(loss.kd_temperature)
                 log_ps = tf.nn.log_softmax(logits / T)
