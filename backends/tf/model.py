@@ -13,6 +13,7 @@ variable created at build time, so loading weights never grows the graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -203,14 +204,87 @@ def _mean_nhw(x):
     return tf.reduce_mean(x, axis=0)
 
 
-def _bn(x, node, V, mode: str, updates: list):
+def _sum_nhw(x):
+    """Per-channel sum over all axes but the last, H*W first and then N (see :func:`_mean_nhw`)."""
+    return tf.reduce_sum(tf.reduce_sum(x, axis=[1, 2]), axis=0)
+
+
+def _sum_square_nhw(centred):
+    """Per-channel sum of ``centred ** 2`` (H*W first, then N), reading the map once: a Euclidean
+    norm per image needs no map-sized temporary, unlike squaring first."""
+    return tf.reduce_sum(tf.square(tf.math.reduce_euclidean_norm(centred, axis=[1, 2])), axis=0)
+
+
+class _Counts:
+    """Values per channel in a batch (``N * H * W``) and that minus one (at least one), as float
+    tensors made once per spatial size from one read of the batch size: per BatchNorm they were
+    nine scalar ops, a few percent of a training step at batch 1."""
+
+    def __init__(self, x):
+        self.x, self.batch, self.made = x, None, {}
+
+    def __call__(self, hw: int):
+        if hw not in self.made:
+            if self.batch is None:
+                self.batch = tf.cast(tf.shape(self.x)[0], tf.float32)
+            n = self.batch * float(hw)
+            self.made[hw] = (n, tf.maximum(n - 1.0, 1.0))
+        return self.made[hw]
+
+
+@functools.cache
+def _no_gpu() -> bool:
+    """Whether TensorFlow sees no GPU (asked once, when the first training pass is built)."""
+    return not tf.config.list_physical_devices("GPU")
+
+
+def _batch_normalise(centred, gamma, beta, var, eps: float, fused_grad: bool | None = None):
+    """``centred / sqrt(var + eps) * gamma + beta`` of an NHWC map ``centred`` (its batch mean
+    subtracted; ``var`` its biased batch variance), with the batch-statistics gradient.
+
+    The forward is ``fused_batch_norm`` in inference mode (one read and write of the map). Its
+    registered gradient treats the statistics as constants, so the gradient is given here:
+    TensorFlow's fused training-mode gradient kernel fed these statistics (``fused_grad``; by
+    default when TensorFlow sees no GPU: the kernel reads them as the mean and biased variance
+    on CPU, with and without oneDNN, but as cuDNN's inverse deviation on a GPU), or
+    ``dx = gamma / std * (dy - mean(dy) - xhat * mean(dy * xhat))`` written out. Differentiating
+    the unfused expression instead, as before, built ~14 elementwise ops and reductions over
+    whole maps per BatchNorm: a ResNet-20 training step at batch 128 with oneDNN cost 1.3x a
+    fused-BatchNorm network's (CPU time), the written-out gradient 1.3x, the fused kernel 1.02x.
+    """
+    zero = tf.zeros_like(var)
+    fused_grad = _no_gpu() if fused_grad is None else fused_grad
+
+    @tf.custom_gradient
+    def normalise(centred, gamma, beta):
+        y = _V1.nn.fused_batch_norm(centred, gamma, beta, zero, var, epsilon=eps, is_training=False)[0]
+
+        def grad(dy):
+            if fused_grad:
+                dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy, x=centred, scale=gamma, reserve_space_1=zero, reserve_space_2=var,
+                    reserve_space_3=tf.zeros([0]), epsilon=eps, data_format="NHWC", is_training=True)
+                return dx, dgamma, dbeta
+            rstd = tf.math.rsqrt(var + eps)
+            dbeta = _sum_nhw(dy)
+            dcentred = _sum_nhw(dy * centred)
+            k = gamma * rstd
+            n = tf.cast(tf.size(centred) // tf.shape(centred)[-1], tf.float32)
+            dx = dy * k - (dbeta * k / n) - centred * (dcentred * rstd * rstd * k / n)
+            return dx, dcentred * rstd, dbeta
+        return y, grad
+    return normalise(centred, gamma, beta)
+
+
+def _bn(x, node, V, mode: str, updates: list, counts: _Counts | None = None):
     """BatchNorm with running statistics (``mode="running"``) or batch statistics.
 
-    ``"batch"`` computes the statistics with two-pass means (accurate, see
-    :func:`_mean_nhw`); ``"fused"`` uses ``fused_batch_norm`` (one op, ~1.5x faster
-    training steps on CPU, but its one-pass variance drifts from PyTorch's by up
-    to ~1e-5 per layer, ~1e-4 on the logits of a 164-layer network). Vectors run
-    as ``[N, 1, 1, C]`` maps through the fused op.
+    ``"batch"`` computes the statistics in two passes (the mean, then the mean square of the
+    centred map, each H*W first and then N: see :func:`_mean_nhw`) and normalises the centred
+    map with :func:`_batch_normalise`; ``"fused"`` uses ``fused_batch_norm`` in training mode
+    (one op, as fast, but its statistics drift from PyTorch's by up to ~3e-5 per layer with
+    oneDNN, ~1e-4 on the logits of a 164-layer network). Vectors run as ``[N, 1, 1, C]`` maps.
+    ``counts``: the :class:`_Counts` of the pass (``"batch"`` mode).
     """
     a = node.attrs
     if x.dtype != tf.float32:  # mixed precision: normalisation and statistics in float32
@@ -218,24 +292,25 @@ def _bn(x, node, V, mode: str, updates: list):
     gamma, beta = V[f"{node.name}.weight"], V[f"{node.name}.bias"]
     rm, rv = V[f"{node.name}.running_mean"], V[f"{node.name}.running_var"]
     eps, m = float(a["eps"]), float(a["momentum"])
+    vector = x.shape.rank == 2
+    if vector:
+        x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
     if mode == "batch":
-        mean = _mean_nhw(x)
+        # the statistics are constants to autodiff; _batch_normalise's gradient accounts for them
+        # (its input gradient has zero mean per channel, so subtracting the mean passes it unchanged)
+        mean = tf.stop_gradient(_mean_nhw(x))
         centred = x - mean
-        var = _mean_nhw(tf.square(centred))  # biased: normalises
-        n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-        unbiased = var * (n / tf.maximum(n - 1.0, 1.0))
-        y = centred * (gamma * tf.math.rsqrt(var + eps)) + beta
+        squares = tf.stop_gradient(_sum_square_nhw(centred))
+        n, n_1 = counts(int(np.prod(x.shape[1:3])))
+        var, unbiased = squares / n, squares / n_1  # the biased variance normalises
+        y = _batch_normalise(centred, tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta), var, eps)
+    elif mode == "fused":
+        # training mode returns the unbiased batch variance (what the running variance averages)
+        y, mean, unbiased = _V1.nn.fused_batch_norm(x, gamma, beta, epsilon=eps, is_training=True)
     else:
-        vector = x.shape.rank == 2
-        if vector:
-            x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
-        if mode == "fused":
-            # training mode returns the unbiased batch variance (what the running variance averages)
-            y, mean, unbiased = _V1.nn.fused_batch_norm(x, gamma, beta, epsilon=eps, is_training=True)
-        else:
-            y, _, _ = _V1.nn.fused_batch_norm(x, gamma, beta, rm, rv, epsilon=eps, is_training=False)
-        if vector:
-            y = tf.reshape(y, [-1, y.shape[-1]])
+        y, _, _ = _V1.nn.fused_batch_norm(x, gamma, beta, rm, rv, epsilon=eps, is_training=False)
+    if vector:
+        y = tf.reshape(y, [-1, y.shape[-1]])
     if mode != "running":
         updates.append(rm.assign(rm * (1.0 - m) + mean * m, read_value=False))
         updates.append(rv.assign(rv * (1.0 - m) + unbiased * m, read_value=False))
@@ -259,39 +334,56 @@ def _conv(x, node, V, cin: int):
         w = tf.tensordot(w, fusion, axes=[[3], [0]])
     (pt, pl, pb, pr), (sh, sw), (dh, dw) = pads(a), a["stride"], a["dilation"]
     g = int(a["groups"])
-    if pt or pl or pb or pr:
-        # explicit padding (never 'SAME'), as a pad + VALID conv: same numbers as
+    dilated = dh > 1 or dw > 1
+    padding = "VALID"
+    if (pt or pl or pb or pr) and not dilated and (sh == sw or g != cin) and _same_is(x, a["k"], (sh, sw),
+                                                                                     (pt, pl, pb, pr)):
+        # 'SAME' where it pads exactly as the graph says: the convolution pads inside its kernel; a
+        # tf.pad before it copies the map, and its gradient slices it back (ResNet-20 inference at
+        # batch 128 with oneDNN: 1.4x slower with the pads)
+        padding = "SAME"
+    elif pt or pl or pb or pr:
+        # explicit padding as a pad + VALID conv: same numbers as
         # conv2d(padding=[[0,0],[pt,pb],[pl,pr],[0,0]]) but the gradient gets oneDNN kernels (2x faster)
         x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-    if dh > 1 or dw > 1:
+    if dilated:
         y = tf.nn.with_space_to_batch(
-            x, [dh, dw], "VALID", lambda phases, num_spatial_dims, padding: _valid_conv(phases, w, (1, 1), g, cin))
+            x, [dh, dw], "VALID", lambda phases, num_spatial_dims, padding: _conv2d(phases, w, (1, 1), g, cin))
         if sh > 1 or sw > 1:  # stride after dilation: the stride-1 output subsampled (rare, exact)
             y = y[:, ::sh, ::sw, :]
     else:
-        y = _valid_conv(x, w, (sh, sw), g, cin)
+        y = _conv2d(x, w, (sh, sw), g, cin, padding)
     if a["bias"]:
         b = V[f"{node.name}.bias"]
         y = tf.nn.bias_add(y, b if fusion is None else tf.linalg.matvec(fusion, b, transpose_a=True))
     return y
 
 
-def _valid_conv(x, w, strides: tuple[int, int], g: int, cin: int):
-    """An undilated VALID conv of NHWC ``x`` with HWIO ``w`` in ``g`` groups."""
+def _same_is(x, k, strides, pads) -> bool:
+    """Whether TensorFlow's ``SAME`` padding of NHWC ``x`` is ``pads`` ``(top, left, bottom, right)``."""
+    for size, kk, s, before, after in zip(x.shape[1:3], k, strides, pads[:2], pads[2:]):
+        total = max((-(-int(size) // s) - 1) * s + kk - int(size), 0)  # SAME puts total // 2 first
+        if (before, after) != (total // 2, total - total // 2):
+            return False
+    return True
+
+
+def _conv2d(x, w, strides: tuple[int, int], g: int, cin: int, padding: str = "VALID"):
+    """An undilated conv of NHWC ``x`` with HWIO ``w`` in ``g`` groups (``padding``: VALID or SAME)."""
     sh, sw = strides
     if g == 1:
-        return tf.nn.conv2d(x, w, strides=[1, sh, sw, 1], padding="VALID")
+        return tf.nn.conv2d(x, w, strides=[1, sh, sw, 1], padding=padding)
     if g == cin:
         # HWIO [kh, kw, 1, cin*m] -> depthwise [kh, kw, cin, m]: output o = c*m + j, as torch groups
         kh, kw = int(w.shape[0]), int(w.shape[1])
-        return _depthwise(x, tf.reshape(w, [kh, kw, cin, int(w.shape[3]) // cin]), sh, sw)
+        return _depthwise(x, tf.reshape(w, [kh, kw, cin, int(w.shape[3]) // cin]), sh, sw, padding)
     # grouped conv2d has no CPU gradient in TF: split into groups and concatenate
-    return tf.concat([tf.nn.conv2d(xi, wi, strides=[1, sh, sw, 1], padding="VALID")
+    return tf.concat([tf.nn.conv2d(xi, wi, strides=[1, sh, sw, 1], padding=padding)
                       for xi, wi in zip(tf.split(x, g, axis=3), tf.split(w, g, axis=3))], axis=3)
 
 
-def _depthwise(x, wd, sh: int, sw: int):
-    """VALID depthwise conv with strides ``(sh, sw)``; unequal strides through equal-stride kernels.
+def _depthwise(x, wd, sh: int, sw: int, padding: str = "VALID"):
+    """Depthwise conv with strides ``(sh, sw)``; unequal strides (VALID only) through equal-stride kernels.
 
     A ``kh x 1`` kernel reads one column: the map's columns move into the channels
     (``[N, H, W, C] -> [N, H, 1, W*C]``, a free reshape in NHWC) with the kernel tiled
@@ -299,7 +391,7 @@ def _depthwise(x, wd, sh: int, sw: int):
     the rows move into the batch. Anything else runs at the common stride and subsamples.
     """
     if sh == sw:
-        return tf.nn.depthwise_conv2d(x, wd, [1, sh, sh, 1], "VALID")
+        return tf.nn.depthwise_conv2d(x, wd, [1, sh, sh, 1], padding)
     kh, kw, c, m = (int(v) for v in wd.shape)
     if kw == 1:
         x = x[:, :, ::sw, :]
@@ -318,18 +410,18 @@ def _depthwise(x, wd, sh: int, sw: int):
 
 def _select(x, node, cin: int):
     s, src = int(node.attrs["stride"]), [int(j) for j in node.attrs["src"]]
-    if s > 1:
-        x = x[:, ::s, ::s, :]
     if src == list(range(cin)):
-        return x
+        return x[:, ::s, ::s, :] if s > 1 else x
     # a 1x1 convolution with a 0/1 matrix, not tf.gather: gathering along the innermost axis of
     # NHWC made CDC-pruned ResNet-56 slower than the original at batch 32 (55 vs 44 ms), the
-    # convolution makes it faster (39 ms), and picks the same values exactly (x * 1 + 0)
+    # convolution makes it faster (39 ms), and picks the same values exactly (x * 1 + 0). Strided,
+    # it subsamples too: ResNet-20 inference at batch 128 took 0.92x the CPU time of a strided
+    # slice and a channel pad (the hand-written option-A shortcut), a slice before the conv 1.05x
     pick = np.zeros((1, 1, cin, len(src)), np.float32)
     for k, j in enumerate(src):
         if j >= 0:  # -1: a zero channel
             pick[0, 0, j, k] = 1.0
-    return tf.nn.conv2d(x, tf.constant(pick, x.dtype), 1, "VALID")
+    return tf.nn.conv2d(x, tf.constant(pick, x.dtype), s, "VALID")
 
 
 def _diagonal(x, node, V):
@@ -393,6 +485,7 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
     dropout on (the training pass), None for the inference pass (dropout is the identity)."""
     shapes = graph.shapes()
     t: dict = {}
+    counts = _Counts(x_nhwc)
     for node in graph.nodes:
         a, op = node.attrs, node.op
         ins = [t[i] for i in node.inputs]
@@ -408,7 +501,7 @@ def _forward_pass(graph: Graph, x_nhwc, V, bn_mode: str, updates: list, dropout=
             elif op == "diagonal":
                 y = _diagonal(ins[0], node, V)
             elif op == "bn":
-                y = _bn(ins[0], node, V, bn_mode, updates)
+                y = _bn(ins[0], node, V, bn_mode, updates, counts)
             elif op in _ACTIVATIONS:
                 y = _ACTIVATIONS[op](ins[0])
             elif op == "mul":
@@ -486,8 +579,9 @@ class TFTrainer(Trainer):
             decayed = [k for k in model.trainable if g[k.rsplit(".", 1)[0]].op in ("conv", "dense", "diagonal")]
             wd = None
             if loss.weight_decay > 0:
-                wd = 0.5 * loss.weight_decay * tf.add_n(
-                    [tf.reduce_sum(tf.square(model.variables[k])) for k in decayed])
+                # l2_loss is sum(v^2) / 2 in one op whose gradient is one multiply (a square and a sum
+                # had two per variable)
+                wd = loss.weight_decay * tf.add_n([tf.nn.l2_loss(model.variables[k]) for k in decayed])
                 if not shared:
                     terms["wd"] = wd
             if self._kd:

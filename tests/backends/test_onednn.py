@@ -16,7 +16,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITES = ["tests/backends/test_contract.py", "tests/backends/test_decompose_layers.py",
-          "tests/backends/test_hinge_layers.py", "tests/backends/test_fused_conv.py"]
+          "tests/backends/test_hinge_layers.py", "tests/backends/test_fused_conv.py",
+          "tests/backends/test_batchnorm_statistics.py"]
 _STATE = "from tensorflow.python.util import _pywrap_util_port as p; print(int(p.IsMklEnabled()))"
 
 
