@@ -288,7 +288,7 @@ def _bn(x, node, V, mode: str, updates: list, counts: _Counts | None = None):
     """
     a = node.attrs
     if x.dtype != tf.float32:  # mixed precision: normalisation and statistics in float32
-        return tf.cast(_bn(tf.cast(x, tf.float32), node, V, mode, updates), x.dtype)
+        return tf.cast(_bn(tf.cast(x, tf.float32), node, V, mode, updates, counts), x.dtype)
     gamma, beta = V[f"{node.name}.weight"], V[f"{node.name}.bias"]
     rm, rv = V[f"{node.name}.running_mean"], V[f"{node.name}.running_var"]
     eps, m = float(a["eps"]), float(a["momentum"])
