@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--models", default="resnet20,resnet56")
     p.add_argument("--backends", default="torch,tf")
     p.add_argument("--precisions", default="float32", help=f"comma-separated, of {', '.join(PRECISIONS)}")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads of each framework (0: its default)")
     args = p.parse_args()
     precisions = args.precisions.split(",")
     bad = [q for q in precisions if q not in PRECISIONS]
@@ -49,10 +50,13 @@ def main() -> None:
     x = rng.normal(size=(args.batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
     try:
-        backends = {name: get_backend(name) for name in args.backends.split(",")}
+        options = {"torch": {"threads": args.threads}, "tf": {"intra_threads": args.threads}}
+        backends = {name: get_backend(name, **(options.get(name, {}) if args.threads else {}))
+                    for name in args.backends.split(",")}
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"batch {args.batch}, 32x32, median of {args.steps} steps, {os.cpu_count()} CPU threads")
+    threads = args.threads or os.cpu_count()
+    print(f"batch {args.batch}, 32x32, median of {args.steps} steps, {threads} intra-op threads")
     head = f"{'model':<10}{'backend':<9}" + "".join(f"{q + ' ms':>15}" for q in precisions)
     head += "".join(f"{q + '/float32':>18}" for q in precisions if q != "float32" and "float32" in precisions)
     print(head)

@@ -22,7 +22,9 @@ def test_bfloat16_training_reaches_the_float32_accuracy(backend_name, tmp_path):
         m = json.loads((work / "metrics.json").read_text())
         accuracy[precision], history[precision] = m["test_accuracy"], m["history"]
     assert accuracy["float32"] > 90, accuracy
-    assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 1.0, accuracy
+    # reaches float32's accuracy within 1 point (269 test images: 1 point is 3 images). Above it is no failure:
+    # after 4 epochs two runs differing in round-off land a few images apart either way (TF: bfloat16 +1.1)
+    assert accuracy["bfloat16"] >= accuracy["float32"] - 1.0, accuracy
     # the same run otherwise: the low precision changed the losses a little, not the recipe
     f32, bf16 = history["float32"], history["bfloat16"]
     assert [r["lr"] for r in f32] == [r["lr"] for r in bf16]
