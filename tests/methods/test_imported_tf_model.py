@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from methods import cdc_prune, train
+from methods import cdc_prune, dcff, export, train
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -51,6 +51,55 @@ def test_cdc_compresses_a_saved_keras_model(backend, keras_file, tmp_path):
     rows = json.loads((work / "metrics.json").read_text())["rows"]
     assert rows[-1]["macs"] < rows[0]["macs"] and rows[0]["params"] == _digits_cnn().count_params() - 2 * 8
     assert json.loads((work / "config.json").read_text())["model"]["source"] == f"keras:{keras_file}"
+
+
+#: runs in a fresh interpreter: TensorFlow's own loaders only
+_LOADER = """
+import json, sys
+import numpy as np, tensorflow as tf
+x = np.load(sys.argv[1])
+saved = tf.saved_model.load(sys.argv[2])(tf.constant(x)).numpy()
+lite = tf.lite.Interpreter(model_path=sys.argv[3]).get_signature_runner("serving_default")(input=x)["logits"]
+print(json.dumps({"saved": saved.tolist(), "lite": lite.tolist(),
+                  "ours": sorted({k.split(".")[0] for k in sys.modules} & {"compress_core", "backends", "methods"})}))
+"""
+
+
+@pytest.mark.parametrize(("method", "args", "result"), [
+    (cdc_prune, CDC, "pruned.safetensors"),
+    (dcff, (*ONE, "--config.dcff.rates=[0.5]"), "dcff.safetensors")])
+def test_a_keras_model_compressed_by_cdc_and_dcff_exports_files_plain_tensorflow_runs(method, args, result,
+                                                                                      keras_file, tmp_path):
+    """The issue's path end to end: a saved Keras model in, channels really removed, SavedModel and
+    TFLite files out that a process without this library loads, with the backend's logits."""
+    import subprocess
+    import sys
+
+    from backends.base import get_backend
+    from compress_core.ir import checkpoint, flops
+    work = tmp_path / "w"
+    assert method.cli(["--backend", "tf", "--workdir", str(work), f"--config.model.source=keras:{keras_file}",
+                       *args]) == 0
+    graph, params, _ = checkpoint.load_checkpoint(str(work / result))
+    original = _digits_cnn()
+    assert flops.count_params(graph) < original.count_params() - 2 * 8  # filters removed, not zeroed
+    files = {"savedmodel": tmp_path / "net", "tflite": tmp_path / "net.tflite"}
+    for fmt, out in files.items():
+        assert export.cli(["--backend", "tf", "--workdir", str(tmp_path / f"ex-{fmt}"), "--checkpoint",
+                           str(work / result), "--format", fmt, "--out", str(out), "--repeats", "2"]) == 0
+    x = np.random.default_rng(0).normal(size=(3, *graph.input_shape)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = subprocess.run([sys.executable, "-c", _LOADER, str(tmp_path / "x.npy"), str(files["savedmodel"]),
+                          str(files["tflite"])], check=False, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["ours"] == []
+    backend = get_backend("tf")
+    want = backend.forward(backend.build(graph, params), x)[0]
+    scale = np.abs(want).max()
+    for k in ("saved", "lite"):
+        assert np.abs(np.asarray(got[k]) - want).max() <= 1e-4 * scale, k
 
 
 def _tf1_digits(directory, scope: str = "", width: int = 16):
