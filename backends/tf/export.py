@@ -40,7 +40,7 @@ from compress_core.errors import UserError
 from compress_core.ir import layout
 from compress_core.ir.checkpoint import check_params
 from compress_core.ir.fold import fold_bn
-from compress_core.ir.graph import Graph, _pair
+from compress_core.ir.graph import Graph, _pair, pads
 from compress_core.recipes.dcff import export as plain_convs
 
 FORMATS = TFBackend.export_formats
@@ -230,7 +230,8 @@ class _KerasBuilder:
         (sh, sw), (dh, dw) = a["stride"], a["dilation"]
         w = layout.oihw_to_hwio(np.asarray(self.params[f"{n.name}.weight"], np.float32))
         bias = [self.params[f"{n.name}.bias"]] if a["bias"] else []
-        x = self._pad(n, x, a["pad"])
+        t, left, b, r = pads(a)  # imported TF graphs pad bottom/right more at stride 2
+        x = self._pad(n, x, (t, left), (b, r))
         # Keras refuses a stride with a dilation; TF's CPU kernels without oneDNN refuse unequal
         # depthwise strides: run at the stride they allow, subsample the rest (exact)
         s = (1, 1) if max(dh, dw) > 1 else (sh, sw)
@@ -256,14 +257,15 @@ class _KerasBuilder:
 
     def pool(self, n, x):
         a, op = n.attrs, n.op
-        k, s, p = _pair(a["k"]), _pair(a["stride"]), _pair(a.get("pad", 0))
+        k, s = _pair(a["k"]), _pair(a["stride"])
+        t, left, b, r = pads(a)
         (h, w), (oh, ow) = self.shapes[n.inputs[0]][1:], self.shapes[n.name][1:]
-        extra = (max(0, (oh - 1) * s[0] + k[0] - h - 2 * p[0]), max(0, (ow - 1) * s[1] + k[1] - w - 2 * p[1]))
-        padded = any(p) or any(extra)
+        extra = (max(0, (oh - 1) * s[0] + k[0] - h - t - b), max(0, (ow - 1) * s[1] + k[1] - w - left - r))
+        padded = any((t, left, b, r)) or any(extra)
         if op == "maxpool" and padded and self.graph[n.inputs[0]].op not in _NONNEGATIVE:
             raise UserError(f"Keras export: maxpool '{n.name}' pads a map that may be negative (Keras pads "
                             f"with zeros, not -inf); only a padded max-pool after {'/'.join(_NONNEGATIVE)} exports")
-        x = self._pad(n, x, p, (p[0] + extra[0], p[1] + extra[1]))
+        x = self._pad(n, x, (t, left), (b + extra[0], r + extra[1]))
         return (self.L.MaxPooling2D if op == "maxpool" else self.L.AveragePooling2D)(k, s, name=n.name)(x)
 
     def select(self, n, x):

@@ -110,8 +110,20 @@ def _mobile_bits() -> Graph:
     return Graph("mobile_bits", (3, 16, 12), nodes, "sum")
 
 
+def _tf_pads():
+    """TensorFlow's 'SAME' at stride 2 as imported: (top, left, bottom, right) pads on convs and pools."""
+    nodes = [Node("input", "input"),
+             conv_node("c1", "input", 8, k=3, stride=2, pad=(0, 1, 1, 2), bias=True), Node("r1", "relu", ("c1",)),
+             conv_node("dw", "r1", 8, k=3, stride=2, pad=(1, 0, 2, 1), groups=8), Node("r2", "relu", ("dw",)),
+             Node("mp", "maxpool", ("r2",), {"k": 2, "stride": 1, "pad": (0, 0, 1, 1)}),
+             Node("ap", "avgpool", ("mp",), {"k": 3, "stride": 2, "pad": (1, 1, 0, 1)}),
+             Node("fl", "flatten", ("ap",)), Node("fc", "dense", ("fl",), {"out": 5, "bias": True})]
+    return Graph("tf_pads", (3, 9, 10), nodes, "fc")
+
+
 @pytest.mark.parametrize(("make", "formats"), [(_mobile_bits, ("savedmodel", "tflite", "keras")),
-                                               (tiny_graph, ("keras",))], ids=["mobile_bits", "tiny"])
+                                               (tiny_graph, ("keras",)), (_tf_pads, ("savedmodel", "keras"))],
+                         ids=["mobile_bits", "tiny", "tf_pads"])
 def test_every_op_exports_with_equal_logits(make, formats, backends, tmp_path):
     """The tiny graph's awkward cases (asymmetric padding at stride 2, a select with zero channels, a
     flatten of a 2x3 map before a dense layer) matter to the Keras layer mapping; the SavedModel and
