@@ -11,8 +11,8 @@ keeping); :func:`plan` decides how many units each group keeps and which:
   bisection on the uniform ratio (local) or on a global score threshold (global),
   counted on the pruned graph with the flops counter.
 
-Every group keeps at least ``min_width`` units, rounded up to a ``multiple`` (at most
-its width). Within a group the highest scores win, ties to the lower index; the
+Every group keeps at least ``min_width`` units; with a ``multiple`` its count is rounded
+to the nearest multiple (at most its width). Within a group the highest scores win, ties to the lower index; the
 kept indices come back sorted. Global ranking compares scores divided by their
 group's mean (groups score on different scales), as Torch-Pruning's global pruning.
 """
@@ -34,10 +34,19 @@ RANKINGS = ("local", "global")
 
 
 def round_width(keep: int, width: int, min_width: int = 1, multiple: int = 1) -> int:
-    """``keep`` raised to ``min_width`` and up to a multiple of ``multiple``, at most ``width``."""
-    keep = max(int(keep), int(min_width), 1)
+    """``keep`` rounded to the nearest multiple of ``multiple`` (halves up, at least one multiple), raised
+    to ``min_width`` (itself rounded up to a multiple), at most ``width``.
+
+    Nearest, not up: a uniform ratio rounded up moves every group's width at the same ratios (ResNet-56's
+    16/32/64 widths all drop by 8 at ratio 0.5), so a MAC target's search jumped from 65% of the MACs to
+    25%; rounded to the nearest, the groups step at different ratios and the search lands near the target.
+    """
+    keep = max(int(keep), 1)
     if multiple > 1:
-        keep = multiple * math.ceil(keep / multiple)
+        keep = multiple * max(1, math.floor(keep / multiple + 0.5))
+    least = max(int(min_width), 1)
+    if keep < least:
+        keep = multiple * math.ceil(least / multiple)
     return min(keep, width)
 
 

@@ -81,7 +81,8 @@ def test_uniform_counts_rounding_min_width_and_predefined_checks():
     points = cdc.mask_points(zoo.build("resnet56"))
     counts = cdc.uniform_counts(points, 0.45)
     assert counts[:2] == [16 - 7, 16 - 7] and counts[-1] == 64 - 28  # floor(C * r) removed, as the reference
-    assert set(cdc.uniform_counts(points, 0.45, multiple=8)) <= {16, 24, 40, 64, 8, 32, 48, 56}
+    # ratio 0.45 keeps 9, 18, 36 of 16, 32, 64: the nearest multiples of 8 are 8, 16, 40 (36 = 4.5 x 8 rounds up)
+    assert sorted(set(cdc.uniform_counts(points, 0.45, multiple=8))) == [8, 16, 40]
     assert min(cdc.uniform_counts(points, 0.95, min_width=4)) == 4
     with pytest.raises(UserError, match="1.0"):
         cdc.uniform_counts(points, 1.0)
@@ -127,3 +128,14 @@ def test_coarse_label_file_checks(tmp_path):
     np.save(tmp_path / "g.npy", np.array([0, 1, -1]))
     with pytest.raises(UserError, match="non-negative"):
         cdc.load_coarse_groups(str(tmp_path / "g.npy"), 3)
+
+
+def test_a_mac_target_with_rounded_widths_lands_near_the_target():
+    # rounded up, every width of 16/32/64 dropped by 8 at the same ratio (0.5) and the search for 50%
+    # fell to 25%; rounded to the nearest, ratio 0.32 keeps 11, 22, 44 -> 8, 24, 48: about 45%
+    g = zoo.build("resnet56")
+    points = cdc.mask_points(g)
+    ratio = cdc.ratio_for_macs(g, points, 0.5, 1, 8, "group")
+    counts = cdc.uniform_counts(points, ratio, 1, 8)
+    assert sorted(set(counts)) == [8, 24, 48]
+    assert 0.4 < cdc.macs_after(g, points, counts, "group") / flops.count_macs(g) <= 0.5

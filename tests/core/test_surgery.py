@@ -16,7 +16,7 @@ from compress_core.ir import checkpoint, flops, zoo
 from compress_core.ir.graph import Graph, Node, bn_node, conv_node
 from compress_core.recipes import decompose
 from compress_core.surgery import channel_groups, l1_norms, mask, plan, prune
-from compress_core.surgery.plan import macs_with_counts
+from compress_core.surgery.plan import macs_with_counts, round_width
 from compress_core.surgery.structure import block_index, residual_blocks
 from tests import oracle
 from tests.conftest import close, trained_like
@@ -151,6 +151,9 @@ def test_planner_ratios_counts_targets_and_rounding():
     k = "layer2.3.conv1"
     assert set(keep[k]) == set(np.argsort(-scores[k], kind="stable")[:18])
     assert {len(v) for v in plan(g, scores, ratio=0.9, min_width=4, multiple=8, groups=groups).values()} == {8}
+    # nearest multiple, halves up, at least one multiple; min_width raised to a multiple; at most the width
+    assert [round_width(k, 64, 1, 8) for k in (1, 11, 12, 43, 44, 61)] == [8, 8, 16, 40, 48, 64]
+    assert round_width(5, 64, 12, 8) == 16 and round_width(20, 20, 1, 8) == 20 and round_width(7, 64) == 7
     counts = {gid: 5 for gid in scores}
     assert {len(v) for v in plan(g, scores, counts=counts, groups=groups).values()} == {5}
     base = flops.count_macs(g)
