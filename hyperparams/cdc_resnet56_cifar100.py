@@ -26,8 +26,10 @@ def get_config():
     cfg = common.base("resnet56", workdir="runs/cdc_resnet56_cifar100", name="cifar100", val_fraction=0.1)
     # baseline recipe (used when model.weights is empty)
     cfg.train = common.train(epochs=200, lr=0.1, milestones=(80, 160), gamma=0.1, weight_decay=8e-4)
+    # the paper's network: any widths, every block reading its share of the whole stream (the fast
+    # plan, cdc.stream=group with cdc.multiple=8, is another network with other numbers)
     cfg.cdc = common.cdc(plan="uniform", ratio=0.45, block_threshold=14, num_coarse=20,
-                         bn_mode="batch", score_batch_size=2000)
+                         bn_mode="batch", score_batch_size=2000, stream="select", multiple=1)
     cfg.finetune = common.train(epochs=200, lr=0.1, milestones=(80, 160), gamma=0.22, weight_decay=8e-4)
     cfg.distill = common.distill(epochs=200, lr=0.05, milestones=(80, 160), gamma=0.13, weight_decay=1e-3,
                                  kd_weight=1.0, kd_temperature=1.0, dca_weight=0.1,

@@ -165,9 +165,9 @@ def validate_train(cfg) -> None:
 
 
 def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
-        num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", stream: str = "select",
+        num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", stream: str = "group",
         bn_mode: str = "inference", score_batch_size: int = 256, min_width: int = 1,
-        multiple: int = 1, widths: tuple = ()) -> ConfigDict:
+        multiple: int = 8, widths: tuple = ()) -> ConfigDict:
     from ml_collections import config_dict
 
     return ConfigDict({
@@ -180,10 +180,10 @@ def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, blo
         "widths": tuple(widths),     # predefined plan: channels kept per mask, in mask order
         "mac_target": mac_target,    # macs plan: fraction of the unpruned MACs to keep
         "min_width": min_width,      # no mask keeps fewer channels
-        "multiple": multiple,        # round kept widths up to a multiple (8 suits vector units); 1: off
-        "stream": stream,            # a residual stream's masks: select (the reference: each block reads a
-                                     #   selection, the stream stays whole) or group (the stream is cut as one
-                                     #   channel group, scored by the sum of its masks' scores)
+        "multiple": multiple,        # round kept widths to the nearest multiple (8 suits vector units); 1: off
+        "stream": stream,            # a residual stream's masks: group (default: the stream is cut as one
+                                     #   channel group, scored by the sum of its masks' scores) or select (the
+                                     #   reference: each block reads a selection, the stream stays whole; slower)
         "block_threshold": block_threshold,  # blocks <= this are scored with coarse labels; -1: all fine
         "coarse_labels": coarse_labels,  # file with one group id per class; empty: from the confusion matrix
         "num_coarse": num_coarse,    # groups when computed (spectral clustering of validation confusions)
