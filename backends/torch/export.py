@@ -40,10 +40,13 @@ class Select(nn.Module):
         super().__init__()
         self.stride = int(stride)
         self.register_buffer("src", torch.tensor([j if j >= 0 else cin for j in src], dtype=torch.long))
+        # the zero channel costs a copy of the whole map: only selections that pad need it
+        self.zeros = any(j < 0 for j in src)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x[:, :, ::self.stride, ::self.stride]
-        z = torch.cat([z, z.new_zeros((z.shape[0], 1, z.shape[2], z.shape[3]))], dim=1)
+        z = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        if self.zeros:
+            z = torch.cat([z, z.new_zeros((z.shape[0], 1, z.shape[2], z.shape[3]))], dim=1)
         return z.index_select(1, self.src)
 
 
