@@ -9,9 +9,9 @@ network of every method, on every runtime we ship, and prints the ratio
 not change the time; the *shape* of its network does), each method's own network form:
 
 * ``CDC``: the reference form (``cdc.stream=select``, any widths: every block reads its share
-  of the whole residual stream through a channel selection) and the fast plan
-  (``cdc.stream=group`` and ``cdc.multiple``: the stream cut as one channel group, widths
-  rounded);
+  of the whole residual stream through a channel selection), the stream cut as one channel group
+  (``cdc.stream=group``, any widths) and that with widths rounded (``cdc.multiple``: ``--multiple``, 8
+  by default, and twice it, 16, the block of AVX-512 kernels: ``benchmarks/conv_widths.py``);
 * ``Hinge``: the block-internal channels only (the residual stream stays whole, as the
   sparsity-inducing matrices sit inside the blocks; every conv of a plain network);
 * ``DCFF``: the compact network of one uniform rate bisected to the target (residual-tied
@@ -20,7 +20,8 @@ not change the time; the *shape* of its network does), each method's own network
   widths rounded like the fast plan;
 * ``Tucker-2``: every 3x3 conv as 1x1-kxk-1x1 at one rank fraction bisected to the target
   (the ranks VBMF picks differ per layer; the structure is the same);
-* ``KSE``: the shared-kernel form at G=4 (its MACs are what G gives, not the target);
+* ``KSE``: the shared-kernel form at G=4 (its MACs are what G gives, not the target, so it is timed
+  at the first target only);
 * ``TP L1``: Torch-Pruning's L1 magnitude pruning at one uniform ratio bisected to the same
   MAC target, ``round_to`` the same multiple (benchmark-only dependency; its row is left out
   when it is not installed). TP cannot trace the zoo ResNet-56's option-A shortcut (a channel
@@ -52,6 +53,7 @@ from compress_core.surgery.plan import bisect_ratio
 ARCHS = {"resnet56": (3, 32, 32), "vgg16": (3, 32, 32), "resnet50": (3, 224, 224), "mobilenetv2": (3, 224, 224)}
 BATCH = {(3, 32, 32): 64, (3, 224, 224): 16}  # the throughput batch per input size
 TORCHVISION = {"resnet50": "resnet50", "mobilenetv2": "mobilenet_v2"}
+KSE = "KSE G=4"
 
 
 def original(arch: str, shape):
@@ -150,20 +152,23 @@ def tp_form(arch: str, g, p, shape, target: float, multiple: int):
     return from_module(torch_pruning_l1(make, shape, target, multiple, ignored), shape)
 
 
-def networks(arch: str, shape, target: float, multiple: int, tp: bool) -> dict:
-    """``{label: (graph, params)}`` for one architecture and MAC target."""
+def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True) -> dict:
+    """``{label: (graph, params)}`` for one architecture and MAC target (``kse``: with the KSE row, whose
+    MACs do not depend on the target)."""
     g, p = original(arch, shape)
     out = {"original": (g, p)}
     builders = {
         "CDC select": lambda: cdc_form(g, p, target, "select", 1),
+        "CDC group": lambda: cdc_form(g, p, target, "group", 1),
         f"CDC group x{multiple}": lambda: cdc_form(g, p, target, "group", multiple),
+        f"CDC group x{2 * multiple}": lambda: cdc_form(g, p, target, "group", 2 * multiple),
         "Hinge": lambda: hinge_form(g, p, target),
         "DCFF": lambda: dcff_form(g, p, target),
         f"L1 x{multiple}": lambda: l1_prune(g, p, mac_target=target, multiple=multiple),
         "Tucker-2": lambda: tucker2_form(g, p, target),
     }
-    if arch in ("resnet56",):
-        builders["KSE G=4"] = lambda: kse_form(g, p)
+    if arch in ("resnet56",) and kse:
+        builders[KSE] = lambda: kse_form(g, p)
     if tp:
         builders[f"TP L1 x{multiple}"] = lambda: tp_form(arch, g, p, shape, target, multiple)
     for label, build in builders.items():
@@ -195,13 +200,11 @@ def timers(runtime: str, nets: dict, threads: int | None):
     return [lambda x, m=m: backend.forward(m, x) for m in models]
 
 
-def conv_ms(graph, batch: int, repeats: int) -> dict[str, tuple[float, int]]:
-    """``{conv: (ms, MACs)}``: every conv of ``graph`` timed alone in torch (channels-last, as the backend
-    runs it) on an input of its shape, the convs in turns."""
+def conv_calls(graph, batch: int) -> tuple[list[str], list, dict[str, int]]:
+    """Every conv of ``graph`` as a call on an input of its shape in torch (channels-last, as the backend
+    runs it): ``(names, calls, {conv: MACs})``."""
     import torch
     import torch.nn.functional as F
-
-    from methods.report import time_in_turns
     shapes, macs = graph.shapes(), {c.name: c.macs for c in flops.layer_costs(graph)}
     calls, names = [], []
     for n in graph.of_op("conv"):
@@ -215,13 +218,19 @@ def conv_ms(graph, batch: int, repeats: int) -> dict[str, tuple[float, int]]:
                 F.conv2d(x, w, None, a["stride"], pad, a["dilation"], a["groups"])
         calls.append(call)
         names.append(n.name)
-    return {k: (t, macs[k]) for k, t in zip(names, time_in_turns(calls, repeats))}
+    return names, calls, macs
 
 
 def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int) -> None:
     """Where ``label``'s time goes against the original's, conv by conv (the ten biggest shortfalls:
-    time spent beyond what the layer's MAC reduction would give)."""
-    base, ours = conv_ms(nets["original"][0], batch, repeats), conv_ms(nets[label][0], batch, repeats)
+    time spent beyond what the layer's MAC reduction would give). The convs of both networks are timed
+    in one set of turns (timed apart, the same unchanged conv measured up to 1.8x apart on this machine)."""
+    from methods.report import time_in_turns
+    n0, c0, m0s = conv_calls(nets["original"][0], batch)
+    n1, c1, m1s = conv_calls(nets[label][0], batch)
+    times = time_in_turns(c0 + c1, repeats)
+    base = {k: (t, m0s[k]) for k, t in zip(n0, times[:len(n0)])}
+    ours = {k: (t, m1s[k]) for k, t in zip(n1, times[len(n0):])}
     rows = []
     for k, (t, m) in ours.items():
         t0, m0 = base.get(k, (None, None))
@@ -246,7 +255,8 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25])
     ap.add_argument("--runtimes", nargs="+", default=["torch", "tf", "ort"], choices=["torch", "tf", "ort"])
     ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--multiple", type=int, default=8, help="width multiple of the fast plans (and TP's round_to)")
+    ap.add_argument("--multiple", type=int, default=8,
+                    help="width multiple of the fast plans (and TP's round_to); CDC is also timed at twice it")
     ap.add_argument("--no-tp", action="store_true", help="leave out the Torch-Pruning reference rows")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
@@ -263,14 +273,24 @@ def main() -> None:
     for arch in a.archs:
         shape = ARCHS[arch]
         for target in a.targets:
-            nets = networks(arch, shape, target, a.multiple, not a.no_tp)
+            # KSE's shared form (seconds per batch, see the README) is timed at the first target only
+            nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0])
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms = {}
             for runtime in a.runtimes:
                 calls = timers(runtime, nets, a.threads)
+                # a network hundreds of times slower than the rest (KSE's shared form: seconds and gigabytes
+                # per batch) is timed after them, not in their turns, where it would evict their caches
+                slow = [k == KSE for k in nets]
                 for b in (1, BATCH[shape]):
                     x = np.random.default_rng(0).normal(size=(b, *shape)).astype(np.float32)
-                    ms[runtime, b] = dict(zip(nets, time_in_turns([lambda c=c, x=x: c(x) for c in calls], a.repeats)))
+                    ms[runtime, b] = {}
+                    for part in (False, True):
+                        keys = [k for k, s in zip(nets, slow) if s == part]
+                        chosen = [c for c, s in zip(calls, slow) if s == part]
+                        if keys:
+                            times = time_in_turns([lambda c=c, x=x: c(x) for c in chosen], a.repeats if not part else 3)
+                            ms[runtime, b].update(zip(keys, times))
                 del calls
             for k in nets:
                 row = f"{arch:<12}{target:>7.2f}  {k:<15}{100 * macs[k] / macs['original']:>7.1f}"

@@ -1,0 +1,73 @@
+"""Which channel widths do the convolution kernels like? Time per MAC of one 3x3 conv against its width.
+
+A pruned width that is not a multiple of the CPU's vector block costs the time of the next
+multiple (or more): the fast plans round widths to a ``multiple`` (``cdc.multiple``, the
+planner's ``multiple``, ``benchmarks/speed.py --multiple``), and this is the measurement that
+chooses it. Per map size (the CIFAR ResNets' three stages at batch 64), a ``w -> w`` 3x3 conv
+(pad 1) for every width ``w`` in steps of 4, built as a one-conv graph and run by each runtime
+(``torch``: the backend's channels-last forward; ``tf``: the TF backend; ``ort``: ONNX Runtime on
+the exported file), all widths of one runtime and size timed in turns. Printed: ms and ns per
+1000 MACs; a width whose cost per MAC is well above the next multiple's is one to round away.
+
+    python benchmarks/conv_widths.py [--runtimes torch tf ort] [--batch 64] [--repeats 7]
+
+Measured on a 2-core Intel Xeon with AVX-512 (the README's Speed section): the costs fall in
+steps of 16 channels in all three runtimes (a 24-wide conv on 16x16 maps is slower than a
+32-wide one in torch), so 16 is the multiple there; a CPU with 8-float vectors (AVX2) steps at 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from compress_core.ir.graph import Graph, Node, conv_node
+from compress_core.ir.init import init_params
+
+SIZES = {32: 32, 16: 64, 8: 64}  # map size -> widest width timed
+
+
+def one_conv(width: int, size: int) -> Graph:
+    nodes = [Node("input", "input"), conv_node("conv", "input", width)]
+    return Graph(f"conv{width}", (width, size, size), nodes, "conv")
+
+
+def runner(runtime: str, graph: Graph):
+    params = init_params(graph, 0)
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        from compress_core.ir.onnx_export import to_onnx
+        session = ort.InferenceSession(to_onnx(graph, params).SerializeToString(), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(None, {"input": x})
+    from backends.base import get_backend
+    backend = get_backend(runtime)
+    model = backend.build(graph, params)
+    return lambda x: backend.forward(model, x)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "tf", "ort"], choices=["torch", "tf", "ort"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=7)
+    a = ap.parse_args()
+    from methods.report import time_in_turns
+    print(f"one w -> w 3x3 conv, batch {a.batch}, median of {a.repeats} in turns; ms (ns per 1000 MACs)")
+    for runtime in a.runtimes:
+        for size, widest in SIZES.items():
+            widths = list(range(8, widest + 1, 4))
+            calls = []
+            for w in widths:
+                run = runner(runtime, one_conv(w, size))
+                x = np.random.default_rng(0).normal(size=(a.batch, w, size, size)).astype(np.float32)
+                calls.append(lambda run=run, x=x: run(x))
+            times = time_in_turns(calls, a.repeats)
+            cells = " ".join(f"{w}:{t:.2f}({1e9 * t / (a.batch * size * size * 9 * w * w):.1f})"
+                             for w, t in zip(widths, times))
+            print(f"{runtime:<6}{size:>3}x{size:<3} {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
