@@ -206,8 +206,15 @@ def ratio_for_macs(graph: Graph, points: Sequence[MaskPoint], mac_fraction: floa
     def cost(r: float) -> int:
         return macs_after(graph, points, uniform_counts(points, r, min_width, multiple), stream)
 
-    return bisect_ratio(cost, mac_fraction * flops.count_macs(graph),
-                        f"a MAC target of {mac_fraction:.3f} (minimum width {min_width}, multiple {multiple})")
+    what = f"a MAC target of {mac_fraction:.3f} (minimum width {min_width}, multiple {multiple})"
+    try:
+        return bisect_ratio(cost, mac_fraction * flops.count_macs(graph), what)
+    except UserError as e:
+        if multiple == 1:
+            raise
+        # the default plan rounds to 8: a network of 8-16-wide layers cannot be cut that finely
+        raise UserError(f"{e}; every mask keeps at least {multiple} channels: a smaller multiple "
+                        f"(cdc.multiple=1: any width) may reach it") from None
 
 
 # -- coarse labels ---------------------------------------------------------------------------

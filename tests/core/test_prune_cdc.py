@@ -139,3 +139,11 @@ def test_a_mac_target_with_rounded_widths_lands_near_the_target():
     counts = cdc.uniform_counts(points, ratio, 1, 8)
     assert sorted(set(counts)) == [8, 24, 48]
     assert 0.4 < cdc.macs_after(g, points, counts, "group") / flops.count_macs(g) <= 0.5
+
+
+def test_an_unreachable_target_with_rounded_widths_names_the_way_out():
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    points = cdc.mask_points(g)
+    with pytest.raises(UserError, match=r"multiple 8\).*cdc.multiple=1"):
+        cdc.ratio_for_macs(g, points, 0.1, 1, 8, "group")  # every mask keeps >= 8 channels: about 25% at least
+    assert cdc.ratio_for_macs(g, points, 0.1, 1, 1, "group") > 0.6
