@@ -11,9 +11,10 @@ the exported file), all widths of one runtime and size timed in turns. Printed: 
 
     python benchmarks/conv_widths.py [--runtimes torch tf ort] [--batch 64] [--repeats 7]
 
-Measured on a 2-core Intel Xeon with AVX-512 (the README's Speed section): the costs fall in
-steps of 16 channels in all three runtimes (a 24-wide conv on 16x16 maps is slower than a
-32-wide one in torch), so 16 is the multiple there; a CPU with 8-float vectors (AVX2) steps at 8.
+Measured on a 2-core Intel Xeon with AVX-512 (the README's Speed section): in torch and TF the
+costs step every 16 channels (a 24-wide conv on 16x16 maps costs as much as a 32-wide one in
+torch), so 16 is the multiple there; a CPU with 8-float vectors (AVX2) is expected to step at 8.
+ONNX Runtime's times varied too much between runs on that machine to read a step from.
 """
 
 from __future__ import annotations
