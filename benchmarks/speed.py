@@ -278,19 +278,16 @@ def main() -> None:
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms = {}
             for runtime in a.runtimes:
-                calls = timers(runtime, nets, a.threads)
+                calls = dict(zip(nets, timers(runtime, nets, a.threads)))
                 # a network hundreds of times slower than the rest (KSE's shared form: seconds and gigabytes
                 # per batch) is timed after them, not in their turns, where it would evict their caches
-                slow = [k == KSE for k in nets]
+                turns = [([k for k in nets if k != KSE], a.repeats), ([k for k in nets if k == KSE], 3)]
                 for b in (1, BATCH[shape]):
                     x = np.random.default_rng(0).normal(size=(b, *shape)).astype(np.float32)
                     ms[runtime, b] = {}
-                    for part in (False, True):
-                        keys = [k for k, s in zip(nets, slow) if s == part]
-                        chosen = [c for c, s in zip(calls, slow) if s == part]
-                        if keys:
-                            times = time_in_turns([lambda c=c, x=x: c(x) for c in chosen], a.repeats if not part else 3)
-                            ms[runtime, b].update(zip(keys, times))
+                    for keys, repeats in turns:
+                        times = time_in_turns([lambda c=calls[k], x=x: c(x) for k in keys], repeats)
+                        ms[runtime, b].update(zip(keys, times))
                 del calls
             for k in nets:
                 row = f"{arch:<12}{target:>7.2f}  {k:<15}{100 * macs[k] / macs['original']:>7.1f}"
