@@ -40,18 +40,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args()
-    # the judge's runtimes (a sibling script: benchmarks/ is on the path)
-    from speed import timers
-
-    from methods.report import time_in_turns
+    from methods.report import forward_calls, time_in_turns
     print(f"one w -> w 3x3 conv, batch {a.batch}, median of {a.repeats} in turns; ms (ns per 1000 MACs)")
     for runtime in a.runtimes:
         for size, widest in SIZES.items():
             widths = list(range(8, widest + 1, 4))
             nets = {w: (g, init_params(g, 0)) for w in widths for g in [one_conv(w, size)]}
             xs = [np.random.default_rng(0).normal(size=(a.batch, w, size, size)).astype(np.float32) for w in widths]
-            times = time_in_turns([lambda run=run, x=x: run(x) for run, x in zip(timers(runtime, nets, None), xs)],
-                                  a.repeats)
+            calls = forward_calls(runtime, list(nets.values()))
+            times = time_in_turns([lambda run=run, x=x: run(x) for run, x in zip(calls, xs)], a.repeats)
             cells = " ".join(f"{w}:{t:.2f}({1e9 * t / (a.batch * size * size * 9 * w * w):.1f})"
                              for w, t in zip(widths, times))
             print(f"{runtime:<6}{size:>3}x{size:<3} {cells}", flush=True)

@@ -12,6 +12,9 @@ not change the time; the *shape* of its network does), each method's own network
   of the whole residual stream through a channel selection), the stream cut as one channel group
   (``cdc.stream=group``, any widths) and that with widths rounded (``cdc.multiple``: ``--multiple``, 8
   by default, and twice it, 16, the block of AVX-512 kernels: ``benchmarks/conv_widths.py``);
+  and the latency plan (``cdc.plan=latency``, widths rounded to ``--multiple``) searched on each
+  runtime at the throughput batch (``CDC lat@torch``, ``@tf``, ``@ort``: each timed on every runtime,
+  so the table shows what a plan tuned for one runtime gives on the others);
 * ``Hinge``: the block-internal channels only (the residual stream stays whole, as the
   sparsity-inducing matrices sit inside the blocks; every conv of a plain network);
 * ``DCFF``: the compact network of one uniform rate bisected to the target (residual-tied
@@ -78,6 +81,17 @@ def cdc_form(g, p, target: float, stream: str, multiple: int):
     counts = cdc.uniform_counts(points, ratio, 1, multiple)
     keeps = cdc.select_top(points, [np.zeros(pt.width) for pt in points], counts, stream)
     return cdc.apply(g, p, points, keeps, stream)
+
+
+def latency_form(g, p, target: float, multiple: int, runtime: str, batch: int, repeats: int):
+    """CDC's latency plan (``cdc.plan=latency``): widths rounded to ``multiple`` chosen by timing on
+    ``runtime`` at ``batch``, the stream cut as a group."""
+    from compress_core.recipes import cdc
+    from methods.report import networks_ms
+    points = cdc.mask_points(g)
+    found = cdc.latency_counts(g, points, target, lambda plans: networks_ms(
+        runtime, [cdc.network(g, p, points, k, "group") for k in plans], batch, repeats), 1, multiple, "group")
+    return cdc.network(g, p, points, found.counts, "group")
 
 
 def hinge_form(g, p, target: float):
@@ -152,9 +166,11 @@ def tp_form(arch: str, g, p, shape, target: float, multiple: int):
     return from_module(torch_pruning_l1(make, shape, target, multiple, ignored), shape)
 
 
-def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True) -> dict:
+def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True,
+             latency: tuple[str, ...] = (), search_repeats: int = 5) -> dict:
     """``{label: (graph, params)}`` for one architecture and MAC target (``kse``: with the KSE row, whose
-    MACs do not depend on the target)."""
+    MACs do not depend on the target; ``latency``: the runtimes a CDC latency plan is searched on, at the
+    throughput batch, ``search_repeats`` timed passes per network)."""
     g, p = original(arch, shape)
     out = {"original": (g, p)}
     builders = {
@@ -162,6 +178,8 @@ def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool
         "CDC group": lambda: cdc_form(g, p, target, "group", 1),
         f"CDC group x{multiple}": lambda: cdc_form(g, p, target, "group", multiple),
         f"CDC group x{2 * multiple}": lambda: cdc_form(g, p, target, "group", 2 * multiple),
+        **{f"CDC lat@{rt}": lambda rt=rt: latency_form(g, p, target, multiple, rt, BATCH[shape], search_repeats)
+           for rt in latency},
         "Hinge": lambda: hinge_form(g, p, target),
         "DCFF": lambda: dcff_form(g, p, target),
         f"L1 x{multiple}": lambda: l1_prune(g, p, mac_target=target, multiple=multiple),
@@ -180,24 +198,6 @@ def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool
             continue
         print(f"  ({arch}: {label} built in {time.perf_counter() - start:.1f} s)", flush=True)
     return out
-
-
-def timers(runtime: str, nets: dict, threads: int | None):
-    """One forward-pass callable per network (input bound later) for ``runtime``."""
-    if runtime == "ort":
-        import onnxruntime as ort
-
-        from compress_core.ir.onnx_export import to_onnx
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        sessions = [ort.InferenceSession(to_onnx(g, p).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                    for g, p in nets.values()]
-        return [lambda x, s=s: s.run(None, {"input": x}) for s in sessions]
-    from backends.base import get_backend
-    backend = get_backend(runtime)
-    models = [backend.build(g, p) for g, p in nets.values()]
-    return [lambda x, m=m: backend.forward(m, x) for m in models]
 
 
 def conv_calls(graph, batch: int) -> tuple[list[str], list, dict[str, int]]:
@@ -258,11 +258,14 @@ def main() -> None:
     ap.add_argument("--multiple", type=int, default=8,
                     help="width multiple of the fast plans (and TP's round_to); CDC is also timed at twice it")
     ap.add_argument("--no-tp", action="store_true", help="leave out the Torch-Pruning reference rows")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="leave out the CDC latency plans (one searched on each runtime: minutes per network)")
+    ap.add_argument("--search-repeats", type=int, default=5, help="timed passes per network in a latency search")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
                     help="also time the convs of these networks (labels as printed) one by one against the original's")
     a = ap.parse_args()
-    from methods.report import time_in_turns
+    from methods.report import forward_calls, time_in_turns
 
     print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
           f"batch 1 and the throughput batch ({', '.join(f'{s[1]}x{s[2]}: {b}' for s, b in BATCH.items())})")
@@ -274,11 +277,12 @@ def main() -> None:
         shape = ARCHS[arch]
         for target in a.targets:
             # KSE's shared form (seconds per batch, see the README) is timed at the first target only
-            nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0])
+            nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0],
+                            latency=() if a.no_latency else tuple(a.runtimes), search_repeats=a.search_repeats)
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms = {}
             for runtime in a.runtimes:
-                calls = dict(zip(nets, timers(runtime, nets, a.threads)))
+                calls = dict(zip(nets, forward_calls(runtime, list(nets.values()), a.threads)))
                 # a network hundreds of times slower than the rest (KSE's shared form: seconds and gigabytes
                 # per batch) is timed after them, not in their turns, where it would evict their caches
                 turns = [([k for k in nets if k != KSE], a.repeats), ([k for k in nets if k == KSE], 3)]

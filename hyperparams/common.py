@@ -167,7 +167,7 @@ def validate_train(cfg) -> None:
 def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
         num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", stream: str = "group",
         bn_mode: str = "inference", score_batch_size: int = 256, min_width: int = 1,
-        multiple: int = 8, widths: tuple = ()) -> ConfigDict:
+        multiple: int = 8, widths: tuple = (), latency_runtime: str = "backend") -> ConfigDict:
     from ml_collections import config_dict
 
     return ConfigDict({
@@ -175,10 +175,14 @@ def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, blo
         "ridge": config_dict.placeholder(float),  # scorer ridge; None: the reference's (gsd 0.05, others 1e-4)
         "bn_mode": bn_mode,          # inference: BN running stats; batch: the reference's batch statistics
         "score_batch_size": score_batch_size,  # images per scoring batch (the BN batch in batch mode)
-        "plan": plan,                # uniform (ratio), predefined (widths), macs (mac_target)
+        "plan": plan,                # uniform (ratio), predefined (widths), macs (mac_target: one uniform
+                                     #   ratio), latency (mac_target: the widths that time fastest)
         "ratio": ratio,              # uniform plan: remove floor(C * ratio) channels of every mask
         "widths": tuple(widths),     # predefined plan: channels kept per mask, in mask order
-        "mac_target": mac_target,    # macs plan: fraction of the unpruned MACs to keep
+        "mac_target": mac_target,    # macs and latency plans: fraction of the unpruned MACs to keep
+        "latency_runtime": latency_runtime,  # latency plan: timed on backend (the --backend) or ort (ONNX Runtime)
+        "latency_batch": 32,         # latency plan: batch the networks are timed at
+        "latency_repeats": 5,        # latency plan: timed passes per network (median, in turns)
         "min_width": min_width,      # no mask keeps fewer channels
         "multiple": multiple,        # round kept widths to the nearest multiple (8 suits vector units); 1: off
         "stream": stream,            # a residual stream's masks: group (default: the stream is cut as one
@@ -215,7 +219,10 @@ def validate_cdc(cfg) -> None:
 
     validate_train(cfg)
     check_choice(cfg, "cdc.scorer", ["gsd", "abs_snr", "fdr", "t_test", "di"])
-    check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs"])
+    check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs", "latency"])
+    check_choice(cfg, "cdc.latency_runtime", ["backend", "ort"])
+    check_positive(cfg, "cdc.latency_batch")
+    check_positive(cfg, "cdc.latency_repeats")
     check_choice(cfg, "cdc.bn_mode", ["inference", "batch"])
     check_choice(cfg, "cdc.stream", ["select", "group"])
     check_range(cfg, "cdc.ratio", 0.0, 1.0)

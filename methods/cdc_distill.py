@@ -156,7 +156,8 @@ def _flags(p):
 
 def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) -> None:
     """CDC's checks that need the data or the networks, before any work: the masks of the model
-    (a predefined plan's widths, the coarse-label threshold against its blocks, with ``prune``), the
+    (a predefined plan's widths, a MAC target the plan can reach, the coarse-label threshold against its
+    blocks, with ``prune``), the
     coarse labels against the number of classes, the DCA tap in the teacher and in ``graphs`` (e.g.
     a given student)."""
     c, dc, k = ctx.cfg.cdc, ctx.cfg.distill, ctx.splits.num_classes
@@ -167,6 +168,13 @@ def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) 
         if c.plan == "predefined" and len(c.widths) != len(points):
             raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
                             f"{teacher.arch}), got {len(c.widths)} widths")
+        if c.plan in ("macs", "latency"):  # an unreachable target fails here, not after the baseline's training
+            cdc.ratio_for_macs(teacher, points, c.mac_target, c.min_width, c.multiple, c.stream)
+        if c.plan == "latency" and c.latency_runtime == "ort":
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise UserError("cdc.latency_runtime=ort needs onnxruntime (pip install onnxruntime)") from None
         if c.block_threshold >= blocks:
             raise UserError(f"config field 'cdc.block_threshold' is {c.block_threshold}, past the last block of "
                             f"{teacher.arch} (blocks 0..{blocks - 1}; -1 for fine labels everywhere)")

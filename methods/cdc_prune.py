@@ -125,6 +125,8 @@ def plan_counts(ctx: common.Context, graph, points) -> list[int]:
     c = ctx.cfg.cdc
     if c.plan == "predefined":
         return cdc.check_counts(points, list(c.widths), c.min_width)
+    if c.plan == "latency":
+        return latency_counts(ctx, graph, points)
     ratio = c.ratio
     if c.plan == "macs":
         ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, c.multiple, c.stream)
@@ -134,6 +136,42 @@ def plan_counts(ctx: common.Context, graph, points) -> list[int]:
         if k == p.width:
             common.log.info("mask at '%s' keeps all %d channels (ratio %.3f removes none)", p.conv, k, ratio)
     return counts
+
+
+def latency_counts(ctx: common.Context, graph, points) -> list[int]:
+    """The latency plan (``cdc.plan=latency``): the widths at ``cdc.mac_target`` that run fastest on
+    ``cdc.latency_runtime`` (:func:`compress_core.recipes.cdc.latency_counts`; random weights: the time
+    depends on the shapes only). Rank 0 times; the others wait and receive the widths."""
+    from compress_core.ir.init import init_params
+
+    c = ctx.cfg.cdc
+    runtime = ctx.backend.name if c.latency_runtime == "backend" else c.latency_runtime
+    counts = np.zeros(len(points), np.int64)
+    if distributed.is_main():
+        params = init_params(graph, ctx.cfg.seed)
+        done = [0]
+
+        def measure(plans):
+            nets = [cdc.network(graph, params, points, k, c.stream) for k in plans]
+            done[0] += len(nets)
+            common.log.info("latency plan: timing %d networks on %s at batch %d (%d so far)", len(nets), runtime,
+                            c.latency_batch, done[0])
+            return report.networks_ms(runtime, nets, c.latency_batch, c.latency_repeats,
+                                      ctx.backend if runtime == ctx.backend.name else None)
+
+        found = cdc.latency_counts(graph, points, c.mac_target, measure, c.min_width, c.multiple, c.stream)
+        s = found.search
+        for tier, opts, j, saved in zip(found.tiers, found.options, s.choice, s.saved):
+            common.log.info("latency plan: %d mask(s) from '%s' keep %d of %d channels (alone saves %.2f ms)",
+                            len(tier), points[tier[0]].conv, opts[j][0], points[tier[0]].width, saved[j])
+        common.log.info("latency plan on %s at batch %d: %.2f ms at %.1f%% of the MACs (%s); the uniform plan "
+                        "(ratio %.3f) %.2f ms; the whole network %.2f ms", runtime, c.latency_batch, s.ms,
+                        100 * s.macs / flops.count_macs(graph), "the greedy plan" if s.choice == s.greedy
+                        else "the uniform plan was faster", found.uniform_ratio, s.baseline_ms, s.base_ms)
+        common.log.info("latency plan widths, to repeat them: --config.cdc.plan=predefined "
+                        "'--config.cdc.widths=(%s)'", ",".join(map(str, found.counts)))
+        counts[:] = found.counts
+    return [int(k) for k in distributed.broadcast([counts])[0]]
 
 
 def prune(ctx: common.Context, teacher):

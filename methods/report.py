@@ -45,6 +45,40 @@ def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
     return time_in_turns([lambda m=m, x=x: backend.forward(m, x) for m, x in zip(models, xs)], repeats)
 
 
+#: where a network can be timed: the two backends, and ONNX Runtime on the exported file
+RUNTIMES = ("torch", "tf", "ort")
+
+
+def forward_calls(runtime: str, nets, threads: int | None = None, backend=None) -> list:
+    """One forward-pass callable per ``(graph, params)`` of ``nets`` (input bound later) on ``runtime``:
+    the backend's ``forward`` (``torch``, ``tf``; ``backend``: that backend's instance, None: a new one)
+    or an ONNX Runtime session of the exported file (``ort``; ``threads``: its intra-op threads, None:
+    its default)."""
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        from compress_core.ir.onnx_export import to_onnx
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        sessions = [ort.InferenceSession(to_onnx(g, p).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                    for g, p in nets]
+        return [lambda x, s=s: s.run(None, {"input": x}) for s in sessions]
+    if backend is None:
+        from backends.base import get_backend
+        backend = get_backend(runtime)
+    models = [backend.build(g, p) for g, p in nets]
+    return [lambda x, m=m: backend.forward(m, x) for m in models]
+
+
+def networks_ms(runtime: str, nets, batch: int, repeats: int, backend=None) -> list[float]:
+    """:func:`time_in_turns` of one forward pass of each ``(graph, params)`` on ``runtime`` at ``batch``
+    (``backend``: as :func:`forward_calls`)."""
+    calls = forward_calls(runtime, nets, backend=backend)
+    xs = [np.random.default_rng(0).normal(size=(batch, *g.input_shape)).astype(np.float32) for g, _ in nets]
+    return time_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)
+
+
 def add_latencies(backend, rows: list[dict], models: list, repeats: int = 20,
                   batches: tuple[int, ...] = (1, THROUGHPUT_BATCH)) -> None:
     """Latency columns of every row (its model timed with :func:`interleaved_ms`; a model shared by

@@ -25,7 +25,7 @@ a chain network's conv, a DenseNet's dense layer; numbered in mask order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ from compress_core.surgery import (
     unit_indices,
 )
 from compress_core.surgery.groups import read_group
+from compress_core.surgery.latency import LatencySearch, latency_search
 from compress_core.surgery.plan import bisect_ratio
 from compress_core.surgery.structure import block_index
 
@@ -194,8 +195,7 @@ def apply(graph: Graph, params: Mapping[str, np.ndarray], points: Sequence[MaskP
 def macs_after(graph: Graph, points: Sequence[MaskPoint], counts: Sequence[int], stream: str = "select") -> int:
     """MACs of the network pruned to ``counts`` (which channels does not matter for the cost)."""
     params = {k: np.zeros(s, np.float32) for k, s in graph.param_shapes().items()}
-    keeps = [np.arange(k) for k in counts]
-    return flops.count_macs(apply(graph, params, points, keeps, stream)[0])
+    return flops.count_macs(network(graph, params, points, counts, stream)[0])
 
 
 def ratio_for_macs(graph: Graph, points: Sequence[MaskPoint], mac_fraction: float, min_width: int = 1,
@@ -215,6 +215,82 @@ def ratio_for_macs(graph: Graph, points: Sequence[MaskPoint], mac_fraction: floa
         # the default plan rounds to 8: a network of 8-16-wide layers cannot be cut that finely
         raise UserError(f"{e}; every mask keeps at least {multiple} channels: a smaller multiple "
                         f"(cdc.multiple=1: any width) may reach it") from None
+
+
+#: the ratios a tier of the latency plan can take (eighths; at most three quarters of a tier cut, so no
+#: layer is left with less than a quarter of its channels; the uniform ratio at the target is added)
+LATENCY_RATIOS = tuple(k / 8 for k in range(7))
+
+
+def tiers(graph: Graph, points: Sequence[MaskPoint], stream: str = "select") -> list[list[int]]:
+    """The masks that move together in a latency plan (indices into ``points``): a shared group cut as
+    one (``stream="group"``: a residual stream) is one tier; the other masks are tiered by what their
+    time depends on: own group or not, width, unit and the size of the map they read (a residual
+    stage's inner channels are one tier)."""
+    shared = shared_groups(points, stream)
+    shapes = graph.shapes()
+    out: dict[tuple, list[int]] = {}
+    for i, p in enumerate(points):
+        key = ("group", p.group) if p.group in shared else (p.own, p.width, p.unit, tuple(shapes[p.tap][1:]))
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+@dataclass
+class LatencyPlan:
+    """A latency plan: ``counts`` per mask, the ``tiers`` and each tier's ``options`` (counts of its masks,
+    widest first), and the search's record (:class:`compress_core.surgery.latency.LatencySearch`)."""
+    counts: list[int]
+    tiers: list[list[int]]
+    options: list[list[tuple[int, ...]]]
+    search: LatencySearch
+    uniform_ratio: float
+
+
+def latency_counts(graph: Graph, points: Sequence[MaskPoint], mac_fraction: float,
+                   measure: Callable[[Sequence[Sequence[int]]], Sequence[float]], min_width: int = 1,
+                   multiple: int = 1, stream: str = "select") -> LatencyPlan:
+    """Channels kept per mask at a MAC target, chosen by timing (:mod:`compress_core.surgery.latency`):
+    the masks in :func:`tiers`, each tier's options the counts of :data:`LATENCY_RATIOS` and of the
+    uniform ratio that meets the target (:func:`uniform_counts`), the uniform plan the baseline the
+    result is never slower than. ``measure(list of counts)``: the time of each plan's network (e.g.
+    :func:`network` on a backend), in turns."""
+    uniform = ratio_for_macs(graph, points, mac_fraction, min_width, multiple, stream)
+    groups = tiers(graph, points, stream)
+    options = []
+    for tier in groups:
+        opts: list[tuple[int, ...]] = []
+        for r in sorted({*LATENCY_RATIOS, uniform}):
+            c = tuple(uniform_counts([points[i] for i in tier], r, min_width, multiple))
+            if c not in opts:
+                opts.append(c)
+        options.append(opts)
+
+    def counts(choice) -> list[int]:
+        out = [0] * len(points)
+        for tier, opts, j in zip(groups, options, choice):
+            for i, k in zip(tier, opts[j]):
+                out[i] = k
+        return out
+
+    cache: dict[tuple, int] = {}
+
+    def macs(choice) -> int:
+        if choice not in cache:
+            cache[choice] = macs_after(graph, points, counts(choice), stream)
+        return cache[choice]
+
+    flat = uniform_counts(points, uniform, min_width, multiple)
+    baseline = tuple(opts.index(tuple(flat[i] for i in tier)) for tier, opts in zip(groups, options))
+    search = latency_search([len(o) for o in options], macs, lambda chs: measure([counts(c) for c in chs]),
+                            mac_fraction * flops.count_macs(graph), baseline)
+    return LatencyPlan(counts(search.choice), groups, options, search, uniform)
+
+
+def network(graph: Graph, params: Mapping[str, np.ndarray], points: Sequence[MaskPoint], counts: Sequence[int],
+            stream: str = "select") -> tuple[Graph, dict[str, np.ndarray]]:
+    """The network pruned to ``counts`` (the first channels of every mask: for timing, not for use)."""
+    return apply(graph, params, points, [np.arange(k) for k in counts], stream)
 
 
 # -- coarse labels ---------------------------------------------------------------------------

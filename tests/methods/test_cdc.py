@@ -108,6 +108,28 @@ def test_cdc_prune_end_to_end_and_resume(backend, tmp_path, capsys):
     assert "scoring skipped" in (tmp_path / "w" / "log.txt").read_text()
 
 
+@pytest.mark.parametrize("backend,runtime", [("torch", "backend"), ("tf", "backend"), ("torch", "ort")])
+def test_cdc_latency_plan_times_widths_on_the_runtime_and_meets_the_target(backend, runtime, tmp_path):
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    teacher = tmp_path / "t.safetensors"
+    checkpoint.save_checkpoint(str(teacher), g, trained_like(g))
+    argv = ["--backend", backend, "--workdir", str(tmp_path / "w"), f"--config.model.weights={teacher}",
+            "--config.cdc.plan=latency", f"--config.cdc.latency_runtime={runtime}", "--config.cdc.latency_batch=8",
+            "--config.cdc.latency_repeats=1", "--config.finetune.epochs=1", "--config.distill.enabled=False"]
+    assert cdc_prune.cli(argv) == 0
+    log = (tmp_path / "w" / "log.txt").read_text()
+    timed_on = backend if runtime == "backend" else "ort"
+    assert f"latency plan on {timed_on} at batch 8" in log
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    small, _, _ = checkpoint.load_checkpoint(str(tmp_path / "w" / "pruned.safetensors"))
+    assert flops.count_macs(small) == m["rows"][1]["macs"] <= 0.5 * flops.count_macs(g)
+    # the widths are one of each tier's options: multiples of 8, at least a quarter of the width
+    points = cdc.mask_points(g)
+    saved = np.load(tmp_path / "w" / "scores.npz")
+    kept = [len(saved[f"keep_{i}"]) for i in range(len(points))]
+    assert all(k % 8 == 0 and p.width // 4 <= k <= p.width for k, p in zip(kept, points))
+
+
 def test_cdc_distill_command_trains_a_student_against_its_teacher(tmp_path):
     g = zoo.build("resnet20", 10, (1, 8, 8))
     teacher = str(tmp_path / "teacher.safetensors")
@@ -135,6 +157,9 @@ BAD = {
                                               "3 entries"),
     "predefined plan of the wrong length": (["--config.cdc.plan=predefined", "--config.cdc.widths=(4,4)"],
                                             "2 widths"),
+    "unknown latency runtime": (["--config.cdc.plan=latency", "--config.cdc.latency_runtime=gpu"],
+                                "cdc.latency_runtime"),
+    "MAC target out of reach": (["--config.cdc.plan=macs", "--config.cdc.mac_target=0.02"], "cannot be reached"),
 }
 
 
@@ -155,3 +180,10 @@ def test_cdc_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     assert cdc_prune.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1], err
+
+
+def test_an_unreachable_mac_target_fails_before_the_baseline_is_trained(tmp_path, capsys):
+    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), "--config.cdc.mac_target=0.02"]
+    assert cdc_prune.cli(argv) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "baseline").exists()
