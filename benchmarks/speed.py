@@ -36,7 +36,8 @@ channels-last), ``tf`` (the TF backend's session) and ``ort`` (ONNX Runtime on t
 ``compress_core.ir.onnx_export``). Per runtime and batch every network is timed in turns
 (median of ``--repeats``) so machine load weighs on all alike.
 
-    python benchmarks/speed.py                                  # the README table (about 30 min)
+    python benchmarks/speed.py --no-latency                     # the README's big table (about 30 min)
+    python benchmarks/speed.py --targets 0.5                    # with the latency searches (over an hour)
     python benchmarks/speed.py --archs resnet56 --runtimes ort --repeats 5   # one quick cell
 """
 
