@@ -24,6 +24,7 @@ a chain network's conv, a DenseNet's dense layer; numbered in mask order.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -273,12 +274,9 @@ def latency_counts(graph: Graph, points: Sequence[MaskPoint], mac_fraction: floa
                 out[i] = k
         return out
 
-    cache: dict[tuple, int] = {}
-
+    @functools.cache
     def macs(choice) -> int:
-        if choice not in cache:
-            cache[choice] = macs_after(graph, points, counts(choice), stream)
-        return cache[choice]
+        return macs_after(graph, points, counts(choice), stream)
 
     flat = uniform_counts(points, uniform, min_width, multiple)
     baseline = tuple(opts.index(tuple(flat[i] for i in tier)) for tier, opts in zip(groups, options))

@@ -72,40 +72,30 @@ def greedy_choice(num_options: Sequence[int], saved: Sequence[Sequence[float]], 
     choice = [0] * len(num_options)
     now = macs(tuple(choice))
     steps = []
-    while now > budget:
-        best = None
+
+    def moves(narrower: bool):
+        """``(i, k, macs)`` of every tier ``i`` moved to a narrower (or a wider) option ``k``."""
         for i, n in enumerate(num_options):
-            for k in range(choice[i] + 1, n):
+            for k in range(choice[i] + 1, n) if narrower else range(choice[i]):
                 moved = choice.copy()
                 moved[i] = k
-                m = macs(tuple(moved))
-                if m >= now:
-                    continue
-                gain = (saved[i][k] - saved[i][choice[i]]) / (now - m)
-                if best is None or gain > best[0]:
-                    best = (gain, i, k, m)
-        if best is None:
+                yield i, k, macs(tuple(moved))
+
+    while now > budget:
+        gains = [((saved[i][k] - saved[i][choice[i]]) / (now - m), i, k, m) for i, k, m in moves(True) if m < now]
+        if not gains:
             raise UserError(f"a budget of {budget:.0f} MACs cannot be reached with these options "
                             f"(the smallest has {now})")
-        _, i, k, now = best
+        _, i, k, now = max(gains, key=lambda g: (g[0], -g[1], -g[2]))  # ties: the lower tier, the nearer option
         choice[i] = k
         steps.append((i, k))
     while True:  # spend what the last jump left of the budget where it costs less time per MAC than average
-        best = None
         per_mac = (base - sum(saved[i][j] for i, j in enumerate(choice))) / now
-        for i in range(len(num_options)):
-            for k in range(choice[i]):
-                moved = choice.copy()
-                moved[i] = k
-                m = macs(tuple(moved))
-                if m > budget or m <= now:
-                    continue
-                cost = (saved[i][choice[i]] - saved[i][k]) / (m - now)
-                if cost < per_mac and (best is None or cost < best[0]):
-                    best = (cost, i, k, m)
-        if best is None:
+        costs = [c for c in (((saved[i][choice[i]] - saved[i][k]) / (m - now), i, k, m)
+                             for i, k, m in moves(False) if now < m <= budget) if c[0] < per_mac]
+        if not costs:
             return tuple(choice), steps
-        _, i, k, now = best
+        _, i, k, now = min(costs)
         choice[i] = k
         steps.append((i, k))
 
@@ -125,8 +115,11 @@ def latency_search(num_options: Sequence[int], macs: Callable[[Choice], int],
     if baseline is not None and macs(baseline) > budget:
         raise UserError(f"the baseline plan has {macs(baseline)} MACs, over the budget of {budget:.0f}")
     zero = (0,) * len(num_options)
-    singles = [tuple(j if t == i else 0 for t in range(len(num_options)))
-               for i, n in enumerate(num_options) for j in range(1, n)]
+
+    def single(i: int, j: int) -> Choice:
+        return zero[:i] + (j,) + zero[i + 1:]
+
+    singles = [single(i, j) for i, n in enumerate(num_options) for j in range(1, n)]
     # in chunks, each timed in turns with the uncut network: a few networks alive at a time (ImageNet
     # ResNet-50 sessions take ~150 MB each), each saving against the uncut time of its own turns
     found, bases = {}, []
@@ -136,8 +129,7 @@ def latency_search(num_options: Sequence[int], macs: Callable[[Choice], int],
         bases.append(base)
         found.update({c: base - t for c, t in zip(part, times)})
     base_ms = float(np.median(bases)) if bases else measure([zero])[0]
-    saved = [[0.0] + [found[tuple(j if t == i else 0 for t in range(len(num_options)))] for j in range(1, n)]
-             for i, n in enumerate(num_options)]
+    saved = [[0.0] + [found[single(i, j)] for j in range(1, n)] for i, n in enumerate(num_options)]
     greedy, steps = greedy_choice(num_options, saved, macs, budget, base_ms)
     if baseline is None or baseline == greedy:
         ms = measure([greedy])[0]
