@@ -17,9 +17,10 @@ widths are chosen by timing the network on the runtime it will run on:
    option ``j`` of tier ``i`` alone saves;
 3. greedy from the whole network: the move (one tier to a further option) with the most predicted
    time saved per MAC removed, the time predicted as the sum of the single savings, the MACs
-   counted exactly, until the MAC budget is met; then tiers widened back while the budget allows and
-   the MACs added cost less time each than the plan's average (a jump can overshoot the target by
-   far);
+   counted exactly, until the MAC budget is met; then tiers widened back while the budget allows:
+   the cheapest in time per added MAC until the plan holds at least ``floor`` of the budget (a jump
+   can overshoot the target by far, and the MACs a user allows are accuracy), then while the MACs
+   added cost less time each than the plan's average;
 4. the greedy plan and the caller's baseline (e.g. the uniform plan at the same target) are timed
    in turns; the faster one wins, so the result is never slower than the baseline as measured.
 
@@ -57,15 +58,17 @@ class LatencySearch:
 
 
 def greedy_choice(num_options: Sequence[int], saved: Sequence[Sequence[float]], macs: Callable[[Choice], int],
-                  budget: float, base: float) -> tuple[Choice, list[tuple[int, int]]]:
+                  budget: float, base: float, floor: float = 0.0) -> tuple[Choice, list[tuple[int, int]]]:
     """The greedy plan of step 3: from all zeros, move the tier ``i`` from its option ``j`` to the
     further option ``k > j`` with the largest ``(saved[i][k] - saved[i][j]) / (macs(now) - macs(moved))``
     (ties: the lower tier, the nearer option) until ``macs(choice) <= budget``; then, while the budget
     allows, widen the tier ``i`` from ``j`` back to the option ``k < j`` with the least
     ``(saved[i][j] - saved[i][k]) / (macs(widened) - macs(now))``, if that time per added MAC is below
-    the plan's average (``base`` ms, the uncut network's, minus the savings, over its MACs): a jump
-    may overshoot the target by far, and MACs the user allowed are accuracy worth keeping where they
-    cost less time than the MACs kept already (the plan's MACs per ms only grow). Returns the choice
+    the plan's average (``base`` ms, the uncut network's, minus the savings, over its MACs), and
+    regardless of that while the plan has fewer than ``floor * budget`` MACs: a jump may overshoot the
+    target by far, and MACs the user allowed are accuracy worth keeping where they cost less time than
+    the MACs kept already (the plan's MACs per ms only grow) or where the plan would fall far below the
+    target the user asked for. Returns the choice
     and the moves, ``(tier, option)``. Jumps, not single steps: a width between two vector multiples can be
     slower than the wider one (a 24-wide conv against a 32-wide one) while the next is much faster.
     A move that removes no MACs is never taken; a budget no choice meets is a :class:`UserError`."""
@@ -92,7 +95,8 @@ def greedy_choice(num_options: Sequence[int], saved: Sequence[Sequence[float]], 
     while True:  # spend what the last jump left of the budget where it costs less time per MAC than average
         per_mac = (base - sum(saved[i][j] for i, j in enumerate(choice))) / now
         costs = [c for c in (((saved[i][choice[i]] - saved[i][k]) / (m - now), i, k, m)
-                             for i, k, m in moves(False) if now < m <= budget) if c[0] < per_mac]
+                             for i, k, m in moves(False) if now < m <= budget)
+                 if c[0] < per_mac or now < floor * budget]
         if not costs:
             return tuple(choice), steps
         _, i, k, now = min(costs)
@@ -102,14 +106,17 @@ def greedy_choice(num_options: Sequence[int], saved: Sequence[Sequence[float]], 
 
 def latency_search(num_options: Sequence[int], macs: Callable[[Choice], int],
                    measure: Callable[[Sequence[Choice]], Sequence[float]], budget: float,
-                   baseline: Choice | None = None, chunk: int = 8) -> LatencySearch:
+                   baseline: Choice | None = None, chunk: int = 8, floor: float = 0.9) -> LatencySearch:
     """Steps 2-4 of the module docstring. ``num_options[i]``: tier ``i``'s options (option 0 the
     widest); ``macs(choice)``: the MACs of the network a choice gives; ``measure(choices)``: the
     time (ms) of each choice's network, timed in turns; ``budget``: the MACs allowed; ``baseline``: a
     choice the result must not be slower than (it must meet the budget); ``chunk``: single cuts per
-    ``measure`` call (with the uncut network: ``chunk + 1`` networks alive at a time)."""
+    ``measure`` call (with the uncut network: ``chunk + 1`` networks alive at a time); ``floor``: the
+    fraction of the budget the greedy plan widens back to whatever the time (:func:`greedy_choice`)."""
     if not num_options or min(num_options) < 1:
         raise UserError("a latency search needs at least one tier, each with at least one option")
+    if not 0.0 <= floor <= 1.0:
+        raise UserError(f"a latency search's MAC floor is a fraction of the budget in [0, 1], got {floor}")
     if chunk < 1:
         raise UserError(f"a latency search times at least one cut at a time, got chunk={chunk}")
     if baseline is not None and macs(baseline) > budget:
@@ -130,7 +137,7 @@ def latency_search(num_options: Sequence[int], macs: Callable[[Choice], int],
         found.update({c: base - t for c, t in zip(part, times)})
     base_ms = float(np.median(bases)) if bases else measure([zero])[0]
     saved = [[0.0] + [found[single(i, j)] for j in range(1, n)] for i, n in enumerate(num_options)]
-    greedy, steps = greedy_choice(num_options, saved, macs, budget, base_ms)
+    greedy, steps = greedy_choice(num_options, saved, macs, budget, base_ms, floor)
     if baseline is None or baseline == greedy:
         ms = measure([greedy])[0]
         return LatencySearch(greedy, macs(greedy), ms, base_ms, saved, greedy,

@@ -49,6 +49,17 @@ def test_greedy_widens_back_what_an_overshooting_jump_left_when_it_costs_less_th
     assert choice == (0, 2) and steps == [(1, 2)]
 
 
+def test_greedy_widens_back_to_the_floor_whatever_the_time():
+    # budget 150, base 40 ms: the jump to (0, 2) leaves 100 MACs and widening B back costs more per MAC
+    # than average (previous test). A floor of 0.9 (135 MACs) widens it anyway: the cheapest widening that
+    # fits is B -> 1 (150 MACs); A has no wider option and B -> 0 (200) is over the budget
+    saved = [[0.0, 10.0, 12.0], [0.0, 2.0, 30.0]]
+    choice, steps = greedy_choice([3, 3], saved, _macs, 150, base=40.0, floor=0.9)
+    assert choice == (0, 1) and steps == [(1, 2), (1, 1)]
+    # a floor the plan already holds changes nothing (100 >= 0.6 * 150)
+    assert greedy_choice([3, 3], saved, _macs, 150, base=40.0, floor=0.6)[0] == (0, 2)
+
+
 def test_greedy_names_an_unreachable_budget():
     with pytest.raises(UserError, match="cannot be reached"):
         greedy_choice([3, 3], [[0, 1, 2], [0, 1, 2]], _macs, 10, base=100.0)
@@ -83,6 +94,8 @@ def test_search_times_the_cuts_a_few_at_a_time_each_few_against_the_uncut_networ
     assert max(map(len, calls)) == 4 and s.saved == saved and s.choice == (1, 2)
     with pytest.raises(UserError, match="chunk=0"):
         latency_search([3, 3], _macs, measure, 70, chunk=0)
+    with pytest.raises(UserError, match="floor .* got 1.5"):
+        latency_search([3, 3], _macs, measure, 70, floor=1.5)
 
 
 def test_search_keeps_the_baseline_when_it_measures_faster():
