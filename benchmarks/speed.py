@@ -222,32 +222,94 @@ def conv_calls(graph, batch: int) -> tuple[list[str], list, dict[str, int]]:
     return names, calls, macs
 
 
-def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int) -> None:
-    """Where ``label``'s time goes against the original's, conv by conv (the ten biggest shortfalls:
-    time spent beyond what the layer's MAC reduction would give). The convs of both networks are timed
-    in one set of turns (timed apart, the same unchanged conv measured up to 1.8x apart on this machine)."""
+def _conv_of(graph, name: str) -> str | None:
+    """The conv an ONNX Runtime kernel named ``name`` computes: ORT names a conv it fused with the
+    BatchNorm, ReLU or residual add after it by the last fused node (``_nchwc`` appended in its blocked
+    layout); walked back through those to the conv (None: not a conv of ``graph``)."""
+    name = name.removesuffix("_nchwc")
+    nodes = {n.name: n for n in graph.nodes}
+    n = nodes.get(name)
+    while n is not None and n.op not in ("conv", "select"):
+        if n.op in ("bn", "relu"):
+            n = nodes.get(n.inputs[0])
+        elif n.op == "add":  # the operand the conv wrote (through its BatchNorm), not the stream
+            n = next((nodes[i] for i in n.inputs if nodes[i].op in ("bn", "conv")), None)
+        else:
+            return None
+    return None if n is None else n.name
+
+
+def ort_layer_ms(nets: list, batch: int, repeats: int) -> list[dict[str, float]]:
+    """Median kernel time (ms) of every node of each ``(graph, params)`` in ONNX Runtime, from its profiler,
+    inside the whole network (a conv timed alone would pay the layout reorders the network avoids); the
+    networks run in turns. Convs (fused or not) are keyed by the graph's conv name, other kernels by op."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    from compress_core.ir.onnx_export import to_onnx
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = []
+        for k, (g, p) in enumerate(nets):
+            opts = ort.SessionOptions()
+            opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, str(k))
+            sessions.append(ort.InferenceSession(to_onnx(g, p).SerializeToString(), opts,
+                                                 providers=["CPUExecutionProvider"]))
+        xs = [np.random.default_rng(0).normal(size=(batch, *g.input_shape)).astype(np.float32) for g, _ in nets]
+        for _ in range(repeats + 1):  # the first run of each is warm-up
+            for s, x in zip(sessions, xs):
+                s.run(None, {"input": x})
+        for s, (g, _) in zip(sessions, nets):
+            with open(s.end_profiling()) as f:
+                events = json.load(f)
+            runs: dict[str, list[float]] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    name, op = e["name"][:-len("_kernel_time")], e["args"].get("op_name", "?")
+                    key = (_conv_of(g, name) if op in ("Conv", "FusedConv") else None) or f"({op})"
+                    runs.setdefault(key, []).append(e["dur"] / 1e3)
+            # a key's runs per pass (several kernels of one op): summed per pass, median over passes
+            out.append({k: float(np.median(np.reshape(v, (repeats + 1, -1))[1:].sum(1))) for k, v in runs.items()})
+    return out
+
+
+def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int, runtime: str = "torch") -> None:
+    """Where ``label``'s time goes against the original's, conv by conv (the ten biggest shortfalls: time
+    spent beyond what the layer's MAC reduction would give). torch: the convs of both networks alone, timed
+    in one set of turns (timed apart, the same unchanged conv measured up to 1.8x apart on this machine);
+    ort: every kernel inside the two whole networks (:func:`ort_layer_ms`), the kernels that are not convs
+    (layout reorders, unfused adds) summed by op."""
     from methods.report import time_in_turns
-    n0, c0, m0s = conv_calls(nets["original"][0], batch)
-    n1, c1, m1s = conv_calls(nets[label][0], batch)
-    times = time_in_turns(c0 + c1, repeats)
-    base = {k: (t, m0s[k]) for k, t in zip(n0, times[:len(n0)])}
-    ours = {k: (t, m1s[k]) for k, t in zip(n1, times[len(n0):])}
+    g0, g1 = nets["original"][0], nets[label][0]
+    m0s = {c.name: c.macs for c in flops.layer_costs(g0)}
+    m1s = {c.name: c.macs for c in flops.layer_costs(g1)}
+    if runtime == "ort":
+        base, ours = ort_layer_ms([nets["original"], nets[label]], batch, repeats)
+        what = "every kernel in the network"
+    else:
+        n0, c0, _ = conv_calls(g0, batch)
+        n1, c1, _ = conv_calls(g1, batch)
+        times = time_in_turns(c0 + c1, repeats)
+        base, ours = dict(zip(n0, times[:len(n0)])), dict(zip(n1, times[len(n0):]))
+        what = "convs alone"
     rows = []
-    for k, (t, m) in ours.items():
-        t0, m0 = base.get(k, (None, None))
-        expected = t0 * m / m0 if t0 else None
-        rows.append((t - expected if expected is not None else 0.0, k, t0, m0, t, m))
-    total0 = sum(t for t, _ in base.values())
-    total = sum(t for t, _ in ours.values())
-    print(f"\n{arch} {label}, batch {batch}: convs alone {total0:.2f} -> {total:.2f} ms "
-          f"(x{total0 / total:.2f} faster for x{sum(m for _, m in base.values()) / sum(m for _, m in ours.values()):.2f} "
-          f"fewer conv MACs); the ten biggest shortfalls:")
-    print(f"{'conv':<28}{'ms':>8}{'MMACs':>8}{'-> ms':>8}{'MMACs':>8}{'speedup':>9}{'MAC red.':>9}")
+    for k, t in ours.items():
+        t0, m, m0 = base.get(k), m1s.get(k, 0), m0s.get(k, 0)
+        expected = t0 * m / m0 if t0 is not None and m0 else t0
+        rows.append((t - expected if expected is not None else t, k, t0, m0, t, m))
+    total0, total = sum(base.values()), sum(ours.values())
+    conv0 = sum(m0s[k] for k in base if k in m0s)
+    conv1 = sum(m1s[k] for k in ours if k in m1s)
+    print(f"\n{arch} {label} in {runtime}, batch {batch}: {what} {total0:.2f} -> {total:.2f} ms "
+          f"(x{total0 / total:.2f} faster for x{conv0 / max(conv1, 1):.2f} fewer conv MACs); the ten biggest shortfalls:")
+    print(f"{'layer':<28}{'ms':>8}{'MMACs':>8}{'-> ms':>8}{'MMACs':>8}{'speedup':>9}{'MAC red.':>9}")
     for _, k, t0, m0, t, m in sorted(rows, reverse=True)[:10]:
-        if t0 is None:
-            print(f"{k:<28}{'':>16}{t:>8.3f}{m / 1e6:>8.2f}")
-            continue
-        print(f"{k:<28}{t0:>8.3f}{m0 / 1e6:>8.2f}{t:>8.3f}{m / 1e6:>8.2f}{t0 / t:>9.2f}{m0 / m:>9.2f}")
+        before = f"{t0:>8.3f}{m0 / 1e6:>8.2f}" if t0 is not None else f"{'':>16}"
+        ratio = f"{t0 / t:>9.2f}{m0 / m:>9.2f}" if t0 is not None and m else ""
+        print(f"{k:<28}{before}{t:>8.3f}{m / 1e6:>8.2f}{ratio}")
 
 
 def main() -> None:
@@ -264,7 +326,8 @@ def main() -> None:
     ap.add_argument("--search-repeats", type=int, default=5, help="timed passes per network in a latency search")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
-                    help="also time the convs of these networks (labels as printed) one by one against the original's")
+                    help="also time the convs of these networks (labels as printed) one by one against the original's "
+                         "(in torch and in ONNX Runtime, those of --runtimes)")
     a = ap.parse_args()
     from methods.report import forward_calls, time_in_turns
 
@@ -303,8 +366,9 @@ def main() -> None:
                 lines.append(row)
                 print(row, flush=True)
             for label in a.layers:
-                if label in nets:
-                    per_layer(arch, nets, label, BATCH[shape], a.repeats)
+                for runtime in (r for r in a.runtimes if r in ("torch", "ort")):
+                    if label in nets:
+                        per_layer(arch, nets, label, BATCH[shape], a.repeats, runtime)
     print("\n".join(lines))
 
 
