@@ -5,9 +5,11 @@ batch size), output ``logits``. Every graph operator maps to standard ONNX opera
 the graph's own NCHW layout; initializers carry the canonical parameter names. Choices:
 
 * a DCFF fused conv is written as the plain conv it computes (``fusion @ W``);
-* a channel ``select`` is a 1x1 ``Conv`` (strided as the select) with a constant 0/1 matrix
-  (an all-zero row for a zero channel, ``-1`` sources): ONNX Runtime runs it in its blocked
-  layout, where a ``Gather`` broke the layout for the rest of the stage;
+* a channel ``select`` reading at most 64 channels is a 1x1 ``Conv`` (strided as the select)
+  with a constant 0/1 matrix (an all-zero row for a zero channel, ``-1`` sources): ONNX Runtime
+  runs it in its blocked layout, where a ``Gather`` broke the layout for the rest of the stage; a
+  wider one is a constant-index ``Gather`` along the channels (a zero channel appended by a ``Pad``
+  first for ``-1`` sources; a strided select slices the map first), where a conv would cost more;
 * ``dropout`` is the identity (an exported model is for inference);
 * ``adaptive_avgpool`` is an ``AveragePool`` when the windows are uniform, otherwise one
   ``ReduceMean`` per output cell.
@@ -127,20 +129,37 @@ class _Writer:
             rows.append(self.op("Concat", cells, self.tmp(n.name), axis=3))
         return self.op("Concat", rows, n.name, axis=2)
 
+    #: the widest input a select is written as a 1x1 conv for: it costs ``cin`` MACs per value it picks
+    #: (ResNet-56's 16-64-wide streams: cheaper than the layout changes a Gather brings; a ResNet-50
+    #: bottleneck's 256-2048-wide stream read by a 1x1 conv: several times that conv's own MACs)
+    PICK_CONV_MAX_IN = 64
+
     def select(self, n, x: str) -> str:
-        # a 1x1 conv with a 0/1 matrix (strided: it subsamples too), not Slice + Pad + Gather: ONNX
-        # Runtime keeps a conv in its blocked NCHWc layout and fuses the residual add and ReLU after
-        # it, where a Gather sent every later block of the stage through layout reorders and an
-        # unfused Add and Relu (ResNet-56 at batch 64: ~9% of the original's time, more of a pruned
-        # one's). The values are picked exactly (x * 1 plus zeros), as the TF backend does.
+        # narrow selections as a 1x1 conv with a 0/1 matrix (strided: it subsamples too): ONNX Runtime
+        # keeps a conv in its blocked NCHWc layout and fuses the residual add and ReLU after it, where a
+        # Gather sent every later block of the stage through layout reorders and an unfused Add and Relu
+        # (ResNet-56 at batch 64: ~14% of the original's time). The values are picked exactly (x * 1 plus
+        # zeros), as the TF backend does. Wide ones as Slice + Pad + Gather (see PICK_CONV_MAX_IN).
         s, src = int(n.attrs["stride"]), np.array(n.attrs["src"], np.int64)
         cin = self.shapes[n.inputs[0]][0]
         if s == 1 and np.array_equal(src, np.arange(cin)):
             return self.op("Identity", [x], n.name)
-        pick = np.zeros((len(src), cin, 1, 1), np.float32)
-        kept = np.flatnonzero(src >= 0)
-        pick[kept, src[kept], 0, 0] = 1.0  # -1: a zero channel
-        return self.op("Conv", [x, self.const(f"{n.name}.pick", pick)], n.name, kernel_shape=[1, 1], strides=[s, s])
+        if cin <= self.PICK_CONV_MAX_IN:
+            pick = np.zeros((len(src), cin, 1, 1), np.float32)
+            kept = np.flatnonzero(src >= 0)
+            pick[kept, src[kept], 0, 0] = 1.0  # -1: a zero channel
+            return self.op("Conv", [x, self.const(f"{n.name}.pick", pick)], n.name, kernel_shape=[1, 1],
+                           strides=[s, s])
+        if s > 1:
+            x = self.op("Slice", [x, self.const(self.tmp("st"), np.array([0, 0])),
+                                  self.const(self.tmp("end"), np.array([2 ** 31 - 1, 2 ** 31 - 1])),
+                                  self.const(self.tmp("axes"), np.array([2, 3])),
+                                  self.const(self.tmp("steps"), np.array([s, s]))], self.tmp(n.name))
+        if (src < 0).any():
+            x = self.op("Pad", [x, self.const(self.tmp("pads"), np.array([0, 0, 0, 0, 0, 1, 0, 0]))],
+                        self.tmp(n.name))
+            src = np.where(src < 0, cin, src)
+        return self.op("Gather", [x, self.const(f"{n.name}.src", src)], n.name, axis=1)
 
     def mul(self, n, ins) -> str:
         ranks = [len(self.shapes[i]) for i in n.inputs]
