@@ -34,7 +34,9 @@ not change the time; the *shape* of its network does), each method's own network
 Runtimes: ``torch`` (the backend's ``forward``: straight-line fx code, BatchNorm folded,
 channels-last), ``tf`` (the TF backend's session) and ``ort`` (ONNX Runtime on the file of
 ``compress_core.ir.onnx_export``). Per runtime and batch every network is timed in turns
-(median of ``--repeats``) so machine load weighs on all alike.
+(``--repeats`` turns; the ms columns are medians) so machine load weighs on all alike; the
+speedup in the ratio is paired: the median over the turns of the original's time over the
+network's in the same turn, so a change of load between turns cancels.
 
     python benchmarks/speed.py --no-latency                     # the README's big table (about 30 min)
     python benchmarks/speed.py --targets 0.5                    # with the latency searches (over an hour)
@@ -329,7 +331,7 @@ def main() -> None:
                     help="also time the convs of these networks (labels as printed) one by one against the original's "
                          "(in torch and in ONNX Runtime, those of --runtimes)")
     a = ap.parse_args()
-    from methods.report import forward_calls, time_in_turns
+    from methods.report import forward_calls, samples_in_turns
 
     print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
           f"batch 1 and the throughput batch ({', '.join(f'{s[1]}x{s[2]}: {b}' for s, b in BATCH.items())})")
@@ -344,7 +346,7 @@ def main() -> None:
             nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0],
                             latency=() if a.no_latency else tuple(a.runtimes), search_repeats=a.search_repeats)
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
-            ms = {}
+            ms, speedup = {}, {}
             for runtime in a.runtimes:
                 calls = dict(zip(nets, forward_calls(runtime, list(nets.values()), a.threads)))
                 # a network hundreds of times slower than the rest (KSE's shared form: seconds and gigabytes
@@ -352,17 +354,23 @@ def main() -> None:
                 turns = [([k for k in nets if k != KSE], a.repeats), ([k for k in nets if k == KSE], 3)]
                 for b in (1, BATCH[shape]):
                     x = np.random.default_rng(0).normal(size=(b, *shape)).astype(np.float32)
-                    ms[runtime, b] = {}
+                    ms[runtime, b], speedup[runtime, b] = {}, {}
                     for keys, repeats in turns:
-                        times = time_in_turns([lambda c=calls[k], x=x: c(x) for k in keys], repeats)
-                        ms[runtime, b].update(zip(keys, times))
+                        samples = [np.asarray(t) for t in
+                                   samples_in_turns([lambda c=calls[k], x=x: c(x) for k in keys], repeats)]
+                        ms[runtime, b].update((k, float(np.median(t))) for k, t in zip(keys, samples))
+                        if "original" in keys:  # paired: each turn's original time over the network's
+                            first = samples[keys.index("original")]
+                            speedup[runtime, b].update((k, float(np.median(first / t))) for k, t in zip(keys, samples))
+                    for k in nets:
+                        speedup[runtime, b].setdefault(k, ms[runtime, b]["original"] / ms[runtime, b][k])
                 del calls
             for k in nets:
                 row = f"{arch:<12}{target:>7.2f}  {k:<15}{100 * macs[k] / macs['original']:>7.1f}"
                 for r in a.runtimes:
                     one, many = ms[r, 1][k], ms[r, BATCH[shape]][k]
-                    ratio = (ms[r, BATCH[shape]]["original"] / many) / (macs["original"] / macs[k])
-                    row += f"{one:>12.2f}{many:>9.2f}{ratio if k != 'original' else 1.0:>7.2f}"
+                    ratio = speedup[r, BATCH[shape]][k] / (macs["original"] / macs[k])
+                    row += f"{one:>12.2f}{many:>9.2f}{ratio:>7.2f}"
                 lines.append(row)
                 print(row, flush=True)
             for label in a.layers:

@@ -22,10 +22,11 @@ COLUMNS = ("model", "params", "macs", "mac_fraction", "val_accuracy", "test_accu
            f"latency_b{THROUGHPUT_BATCH}_ms", "speedup_per_mac_reduction")
 
 
-def time_in_turns(calls, repeats: int) -> list[float]:
-    """Median wall time (ms) of each zero-argument call, timed in turns (A, B, A, B, ...) so that the
-    load of a shared machine weighs on every contestant alike. Each timed call follows an untimed
-    one of the same contestant: a call after idleness pays for waking the thread pool."""
+def samples_in_turns(calls, repeats: int) -> list[list[float]]:
+    """Wall times (ms) of each zero-argument call, ``repeats`` each, timed in turns (A, B, A, B, ...) so
+    that the load of a shared machine weighs on every contestant alike: ``out[i][k]`` is call ``i`` in
+    turn ``k``. Each timed call follows an untimed one of the same contestant: a call after idleness pays
+    for waking the thread pool."""
     for call in calls:
         for _ in range(3):
             call()
@@ -35,8 +36,13 @@ def time_in_turns(calls, repeats: int) -> list[float]:
             call()
             start = time.perf_counter()
             call()
-            t.append(time.perf_counter() - start)
-    return [1000.0 * float(np.median(t)) for t in times]
+            t.append(1000.0 * (time.perf_counter() - start))
+    return times
+
+
+def time_in_turns(calls, repeats: int) -> list[float]:
+    """Median wall time (ms) of each call over :func:`samples_in_turns`."""
+    return [float(np.median(t)) for t in samples_in_turns(calls, repeats)]
 
 
 def interleaved_ms(backend, models, batch: int, repeats: int) -> list[float]:
