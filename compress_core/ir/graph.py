@@ -71,6 +71,11 @@ from compress_core.errors import UserError
 OPS = ("input", "conv", "dense", "bn", "relu", "add", "concat", "gap", "flatten",
        "maxpool", "avgpool", "select", "diagonal", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid",
        "mul", "dropout", "adaptive_avgpool")
+#: the widest input a ``select`` is run (TF backend) and exported (ONNX) as a 1x1 conv with a 0/1 matrix for:
+#: the conv costs ``cin`` MACs per value it picks. On ResNet-56's 16-64-wide streams it is faster than a gather
+#: (which in ONNX Runtime leaves the blocked layout, in TF gathers along NHWC's innermost axis); on ResNet-50's
+#: 256-2048-wide streams a gather is faster (the reference CDC form at batch 16: TF 522 vs 651 ms, ORT 535 vs 808).
+SELECT_CONV_MAX_IN = 64
 #: elementwise operators of one input (the backends and the channel groups pass channels through them)
 ELEMENTWISE = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "dropout")
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import Graph, _pair, pads
+from compress_core.ir.graph import SELECT_CONV_MAX_IN, Graph, _pair, pads
 
 OPSET = 17
 
@@ -129,22 +129,17 @@ class _Writer:
             rows.append(self.op("Concat", cells, self.tmp(n.name), axis=3))
         return self.op("Concat", rows, n.name, axis=2)
 
-    #: the widest input a select is written as a 1x1 conv for: it costs ``cin`` MACs per value it picks
-    #: (ResNet-56's 16-64-wide streams: cheaper than the layout changes a Gather brings; a ResNet-50
-    #: bottleneck's 256-2048-wide stream read by a 1x1 conv: several times that conv's own MACs)
-    PICK_CONV_MAX_IN = 64
-
     def select(self, n, x: str) -> str:
         # narrow selections as a 1x1 conv with a 0/1 matrix (strided: it subsamples too): ONNX Runtime
         # keeps a conv in its blocked NCHWc layout and fuses the residual add and ReLU after it, where a
         # Gather sent every later block of the stage through layout reorders and an unfused Add and Relu
         # (ResNet-56 at batch 64: ~14% of the original's time). The values are picked exactly (x * 1 plus
-        # zeros), as the TF backend does. Wide ones as Slice + Pad + Gather (see PICK_CONV_MAX_IN).
+        # zeros), as the TF backend does. Wide ones as Slice + Pad + Gather (SELECT_CONV_MAX_IN).
         s, src = int(n.attrs["stride"]), np.array(n.attrs["src"], np.int64)
         cin = self.shapes[n.inputs[0]][0]
         if s == 1 and np.array_equal(src, np.arange(cin)):
             return self.op("Identity", [x], n.name)
-        if cin <= self.PICK_CONV_MAX_IN:
+        if cin <= SELECT_CONV_MAX_IN:
             pick = np.zeros((len(src), cin, 1, 1), np.float32)
             kept = np.flatnonzero(src >= 0)
             pick[kept, src[kept], 0, 0] = 1.0  # -1: a zero channel

@@ -411,3 +411,25 @@ def test_a_missing_low_precision_kernel_is_a_one_line_error(backends, batch):
     with pytest.raises(UserError, match=r"no bfloat16 kernel .*Conv2D.*precision float32") as err:
         trainer.step(*batch, lr=0.1)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("cin", [16, 80])  # a 1x1 pick conv up to SELECT_CONV_MAX_IN input channels, a gather beyond
+def test_wide_and_narrow_selects_match_the_oracle_and_train(backend, cin):
+    from compress_core.ir.graph import SELECT_CONV_MAX_IN, Node, conv_node
+
+    assert (cin > SELECT_CONV_MAX_IN) == (cin == 80)
+    src = (cin - 1, -1, 0, 5, 5, 2)  # permuted, repeated and zero-filled, strided
+    nodes = [Node("input", "input"), conv_node("c1", "input", cin, k=1),
+             Node("s", "select", ("c1",), {"stride": 2, "src": src}), conv_node("c2", "s", 4, k=3),
+             Node("g", "gap", ("c2",)), Node("out", "dense", ("g",), {"out": 3, "bias": True})]
+    g = Graph("sel", (2, 6, 6), nodes, "out")
+    params = trained_like(g)
+    x = np.random.default_rng(2).normal(size=(4, 2, 6, 6)).astype(np.float32)
+    model = backend.build(g, params)
+    logits, acts = backend.forward(model, x, ["s"])
+    ref = oracle.forward(g, params, x)
+    assert close(ref["s"], acts["s"]) < 1e-6 and close(ref["out"], logits) < 1e-5
+    loss = backend.trainer(model, LossSpec(), OptimSpec()).step(x, np.array([0, 1, 2, 0]), 0.1)["loss"]
+    assert np.isfinite(loss)
+    after = backend.get_weights(model)
+    assert not np.array_equal(after["c1.weight"], params["c1.weight"])  # the gradient reached through the select
