@@ -19,6 +19,15 @@ def batch():
     return rng.normal(size=(6, 3, 9, 10)).astype(np.float32), rng.integers(0, 5, 6)
 
 
+def _built_and_oracle(backend, g, x, taps):
+    """``g`` at trained-like weights on ``backend``, run on ``x`` with ``taps``, and the oracle's tensors:
+    ``(params, model, logits, taps' values, oracle's values)``."""
+    params = trained_like(g)
+    model = backend.build(g, params)
+    logits, acts = backend.forward(model, x, taps)
+    return params, model, logits, acts, oracle.forward(g, params, x)
+
+
 def test_forward_and_taps_match_numpy_oracle(backend, batch):
     g = tiny_graph()
     params = trained_like(g)
@@ -209,11 +218,8 @@ def test_every_conv_form_matches_the_oracle_and_trains(backend, form):
              conv_node("c", "input", out, k=k, stride=stride, pad=pad, dilation=dilation, groups=groups, bias=True),
              Node("r", "relu", ("c",)), Node("g", "gap", ("r",)), Node("fc", "dense", ("g",), {"out": 3, "bias": True})]
     g = Graph("one", (4, 9, 11), nodes, "fc")
-    params = trained_like(g)
     x = np.random.default_rng(1).normal(size=(5, 4, 9, 11)).astype(np.float32)
-    model = backend.build(g, params)
-    _, acts = backend.forward(model, x, ["c"])
-    ref = oracle.forward(g, params, x)
+    _, model, _, acts, ref = _built_and_oracle(backend, g, x, ["c"])
     assert acts["c"].shape == ref["c"].shape
     assert close(ref["c"], acts["c"]) < 1e-5
     trainer = backend.trainer(model, LossSpec(), OptimSpec(0.9, True))
@@ -422,12 +428,8 @@ def test_wide_and_narrow_selects_match_the_oracle_and_train(backend, cin):
     nodes = [Node("input", "input"), conv_node("c1", "input", cin, k=1),
              Node("s", "select", ("c1",), {"stride": 2, "src": src}), conv_node("c2", "s", 4, k=3),
              Node("g", "gap", ("c2",)), Node("out", "dense", ("g",), {"out": 3, "bias": True})]
-    g = Graph("sel", (2, 6, 6), nodes, "out")
-    params = trained_like(g)
     x = np.random.default_rng(2).normal(size=(4, 2, 6, 6)).astype(np.float32)
-    model = backend.build(g, params)
-    logits, acts = backend.forward(model, x, ["s"])
-    ref = oracle.forward(g, params, x)
+    params, model, logits, acts, ref = _built_and_oracle(backend, Graph("sel", (2, 6, 6), nodes, "out"), x, ["s"])
     assert close(ref["s"], acts["s"]) < 1e-6 and close(ref["out"], logits) < 1e-5
     loss = backend.trainer(model, LossSpec(), OptimSpec()).step(x, np.array([0, 1, 2, 0]), 0.1)["loss"]
     assert np.isfinite(loss)
