@@ -169,14 +169,11 @@ def tp_form(arch: str, g, p, shape, target: float, multiple: int):
     return from_module(torch_pruning_l1(make, shape, target, multiple, ignored), shape)
 
 
-def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True,
+def builders(arch: str, g, p, shape, target: float, multiple: int, tp: bool, kse: bool = True,
              latency: tuple[str, ...] = (), search_repeats: int = 5) -> dict:
-    """``{label: (graph, params)}`` for one architecture and MAC target (``kse``: with the KSE row, whose
-    MACs do not depend on the target; ``latency``: the runtimes a CDC latency plan is searched on, at the
-    throughput batch, ``search_repeats`` timed passes per network)."""
-    g, p = original(arch, shape)
-    out = {"original": (g, p)}
-    builders = {
+    """``{label: a function building (graph, params)}`` of every compressed form of :func:`networks` (nothing
+    is built until a function is called: ``g`` and ``p`` may be None to list the labels)."""
+    out = {
         "CDC select": lambda: cdc_form(g, p, target, "select", 1),
         "CDC group": lambda: cdc_form(g, p, target, "group", 1),
         f"CDC group x{multiple}": lambda: cdc_form(g, p, target, "group", multiple),
@@ -189,10 +186,20 @@ def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool
         "Tucker-2": lambda: tucker2_form(g, p, target),
     }
     if arch in ("resnet56",) and kse:
-        builders[KSE] = lambda: kse_form(g, p)
+        out[KSE] = lambda: kse_form(g, p)
     if tp:
-        builders[f"TP L1 x{multiple}"] = lambda: tp_form(arch, g, p, shape, target, multiple)
-    for label, build in builders.items():
+        out[f"TP L1 x{multiple}"] = lambda: tp_form(arch, g, p, shape, target, multiple)
+    return out
+
+
+def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True,
+             latency: tuple[str, ...] = (), search_repeats: int = 5) -> dict:
+    """``{label: (graph, params)}`` for one architecture and MAC target (``kse``: with the KSE row, whose
+    MACs do not depend on the target; ``latency``: the runtimes a CDC latency plan is searched on, at the
+    throughput batch, ``search_repeats`` timed passes per network)."""
+    g, p = original(arch, shape)
+    out = {"original": (g, p)}
+    for label, build in builders(arch, g, p, shape, target, multiple, tp, kse, latency, search_repeats).items():
         start = time.perf_counter()
         try:
             out[label] = build()
@@ -331,6 +338,12 @@ def main() -> None:
                     help="also time the convs of these networks (labels as printed) one by one against the original's "
                          "(in torch and in ONNX Runtime, those of --runtimes)")
     a = ap.parse_args()
+    latency = () if a.no_latency else tuple(a.runtimes)
+    known = {k for arch in a.archs for k in builders(arch, None, None, ARCHS[arch], 0.5, a.multiple, not a.no_tp,
+                                                      latency=latency)}
+    unknown = [label for label in a.layers if label not in known]
+    if unknown:  # checked before hours of timing
+        ap.error(f"--layers: no network labelled {unknown[0]!r} in this run (labels: {', '.join(sorted(known))})")
     from methods.report import forward_calls, samples_in_turns
 
     print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
@@ -344,7 +357,7 @@ def main() -> None:
         for target in a.targets:
             # KSE's shared form (seconds per batch, see the README) is timed at the first target only
             nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0],
-                            latency=() if a.no_latency else tuple(a.runtimes), search_repeats=a.search_repeats)
+                            latency=latency, search_repeats=a.search_repeats)
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms, speedup = {}, {}
             for runtime in a.runtimes:
