@@ -210,12 +210,12 @@ def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool
     return out
 
 
-def conv_calls(graph, batch: int) -> tuple[list[str], list, dict[str, int]]:
+def conv_calls(graph, batch: int) -> tuple[list[str], list]:
     """Every conv of ``graph`` as a call on an input of its shape in torch (channels-last, as the backend
-    runs it): ``(names, calls, {conv: MACs})``."""
+    runs it): ``(names, calls)``."""
     import torch
     import torch.nn.functional as F
-    shapes, macs = graph.shapes(), {c.name: c.macs for c in flops.layer_costs(graph)}
+    shapes = graph.shapes()
     calls, names = [], []
     for n in graph.of_op("conv"):
         a, cin = n.attrs, graph.in_channels(n.name)
@@ -228,7 +228,7 @@ def conv_calls(graph, batch: int) -> tuple[list[str], list, dict[str, int]]:
                 F.conv2d(x, w, None, a["stride"], pad, a["dilation"], a["groups"])
         calls.append(call)
         names.append(n.name)
-    return names, calls, macs
+    return names, calls
 
 
 def _conv_of(graph, name: str) -> str | None:
@@ -236,13 +236,12 @@ def _conv_of(graph, name: str) -> str | None:
     BatchNorm, ReLU or residual add after it by the last fused node (``_nchwc`` appended in its blocked
     layout); walked back through those to the conv (None: not a conv of ``graph``)."""
     name = name.removesuffix("_nchwc")
-    nodes = {n.name: n for n in graph.nodes}
-    n = nodes.get(name)
+    n = graph[name] if name in graph else None  # noqa: SIM401 - a Graph has no get()
     while n is not None and n.op not in ("conv", "select"):
         if n.op in ("bn", "relu"):
-            n = nodes.get(n.inputs[0])
+            n = graph[n.inputs[0]]
         elif n.op == "add":  # the operand the conv wrote (through its BatchNorm), not the stream
-            n = next((nodes[i] for i in n.inputs if nodes[i].op in ("bn", "conv")), None)
+            n = next((graph[i] for i in n.inputs if graph[i].op in ("bn", "conv")), None)
         else:
             return None
     return None if n is None else n.name
@@ -299,8 +298,8 @@ def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int, runti
         base, ours = ort_layer_ms([nets["original"], nets[label]], batch, repeats)
         what = "every kernel in the network"
     else:
-        n0, c0, _ = conv_calls(g0, batch)
-        n1, c1, _ = conv_calls(g1, batch)
+        n0, c0 = conv_calls(g0, batch)
+        n1, c1 = conv_calls(g1, batch)
         times = time_in_turns(c0 + c1, repeats)
         base, ours = dict(zip(n0, times[:len(n0)])), dict(zip(n1, times[len(n0):]))
         what = "convs alone"

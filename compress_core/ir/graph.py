@@ -66,6 +66,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from compress_core.errors import UserError
 
 OPS = ("input", "conv", "dense", "bn", "relu", "add", "concat", "gap", "flatten",
@@ -76,6 +78,16 @@ OPS = ("input", "conv", "dense", "bn", "relu", "add", "concat", "gap", "flatten"
 #: (which in ONNX Runtime leaves the blocked layout, in TF gathers along NHWC's innermost axis); on ResNet-50's
 #: 256-2048-wide streams a gather is faster (the reference CDC form at batch 16: TF 522 vs 651 ms, ORT 535 vs 808).
 SELECT_CONV_MAX_IN = 64
+
+
+def select_matrix(src, cin: int):
+    """The ``[len(src), cin]`` 0/1 matrix of a ``select`` with sources ``src`` over ``cin`` channels
+    (row ``j`` picks channel ``src[j]``; all zeros for ``-1``): the select as a 1x1 conv's weights."""
+    src = np.asarray(src, np.int64)
+    pick = np.zeros((len(src), cin), np.float32)
+    kept = np.flatnonzero(src >= 0)
+    pick[kept, src[kept]] = 1.0
+    return pick
 #: elementwise operators of one input (the backends and the channel groups pass channels through them)
 ELEMENTWISE = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "dropout")
 

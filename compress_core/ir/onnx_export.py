@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from compress_core.errors import UserError
-from compress_core.ir.graph import SELECT_CONV_MAX_IN, Graph, _pair, pads
+from compress_core.ir.graph import SELECT_CONV_MAX_IN, Graph, _pair, pads, select_matrix
 
 OPSET = 17
 
@@ -140,9 +140,7 @@ class _Writer:
         if s == 1 and np.array_equal(src, np.arange(cin)):
             return self.op("Identity", [x], n.name)
         if cin <= SELECT_CONV_MAX_IN:
-            pick = np.zeros((len(src), cin, 1, 1), np.float32)
-            kept = np.flatnonzero(src >= 0)
-            pick[kept, src[kept], 0, 0] = 1.0  # -1: a zero channel
+            pick = select_matrix(src, cin)[:, :, None, None]  # OIHW
             return self.op("Conv", [x, self.const(f"{n.name}.pick", pick)], n.name, kernel_shape=[1, 1],
                            strides=[s, s])
         if s > 1:

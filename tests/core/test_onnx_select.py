@@ -40,14 +40,14 @@ def test_option_a_shortcut_and_cdc_selections_export_as_convs_with_the_oracles_l
     assert len(small.of_op("select")) > len(g.of_op("select"))
 
 
-@pytest.mark.parametrize("cin", [4, 80])  # a 1x1 conv up to 64 input channels, a Gather beyond
+@pytest.mark.parametrize("cin", [4, 80])  # a 1x1 conv up to SELECT_CONV_MAX_IN input channels, a Gather beyond
 def test_a_select_picks_values_exactly_and_writes_zeros_for_missing_sources(cin):
-    from compress_core.ir.graph import Graph, Node
+    from compress_core.ir.graph import SELECT_CONV_MAX_IN, Graph, Node
 
     g = Graph("sel", (cin, 4, 4), [Node("input", "input"),
                                    Node("s", "select", ("input",), {"src": (3, -1, 0, 3), "stride": 2})], "s")
     x = np.random.default_rng(1).normal(size=(2, cin, 4, 4)).astype(np.float32)
     model, got = _ort(g, {}, x)
-    assert {n.op_type for n in model.graph.node} >= ({"Conv"} if cin <= 64 else {"Gather", "Slice", "Pad"})
+    assert {n.op_type for n in model.graph.node} >= ({"Conv"} if cin <= SELECT_CONV_MAX_IN else {"Gather", "Slice", "Pad"})
     want = np.stack([x[:, 3], np.zeros_like(x[:, 0]), x[:, 0], x[:, 3]], 1)[:, :, ::2, ::2]
     assert np.array_equal(got, want)
