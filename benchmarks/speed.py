@@ -34,11 +34,12 @@ not change the time; the *shape* of its network does), each method's own network
 Runtimes: ``torch`` (the backend's ``forward``: straight-line fx code, BatchNorm folded,
 channels-last), ``tf`` (the TF backend's session) and ``ort`` (ONNX Runtime on the file of
 ``compress_core.ir.onnx_export``). Per runtime and batch every network is timed in turns
-(``--repeats`` turns; the ms columns are medians) so machine load weighs on all alike; the
-speedup in the ratio is paired: the median over the turns of the original's time over the
-network's in the same turn, so a change of load between turns cancels.
+(``--repeats`` turns; the ms columns are medians) so machine load weighs on all alike, the
+original run again between every two networks; the speedup in the ratio is paired: the median
+over the turns of the mean of the original's two times around a network over the network's, so
+a change of load between turns, or between networks of one turn, weighs on both sides.
 
-    python benchmarks/speed.py --no-latency                     # the README's big table (about 30 min)
+    python benchmarks/speed.py --no-latency                     # the README's big table (about an hour)
     python benchmarks/speed.py --targets 0.5                    # with the latency searches (over an hour)
     python benchmarks/speed.py --archs resnet56 --runtimes ort --repeats 5   # one quick cell
 """
@@ -320,6 +321,30 @@ def per_layer(arch: str, nets: dict, label: str, batch: int, repeats: int, runti
         print(f"{k:<28}{before}{t:>8.3f}{m / 1e6:>8.2f}{ratio}")
 
 
+def bracketed(calls: list, keys: list[str], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Time ``calls`` (labelled ``keys``) in turns; ``({label: median ms}, {label: paired speedup})``.
+    With an ``"original"`` among them it runs between every two networks (original, A, original, B, ...,
+    original: each turn), and a network's speedup is the median over the turns of the mean of the two
+    original times around it over its own: a change of machine load within a turn (20% between
+    neighbours on a shared VM) weighs on both sides of each pair. Without one: no speedups."""
+    from methods.report import samples_in_turns
+    if "original" not in keys:
+        samples = samples_in_turns(calls, repeats)
+        return {k: float(np.median(t)) for k, t in zip(keys, samples)}, {}
+    base, others = calls[keys.index("original")], [k for k in keys if k != "original"]
+    order = [base]
+    for k, call in zip(keys, calls):
+        if k != "original":
+            order += [call, base]
+    samples = np.asarray(samples_in_turns(order, repeats))  # (2 * len(others) + 1, repeats)
+    around = (samples[0:-1:2] + samples[2::2]) / 2  # the original's times before and after each network
+    ms = {"original": float(np.median(samples[0::2]))}
+    ms.update((k, float(np.median(t))) for k, t in zip(others, samples[1::2]))
+    pairs = {"original": 1.0}
+    pairs.update((k, float(np.median(o / t))) for k, o, t in zip(others, around, samples[1::2]))
+    return ms, pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
@@ -343,7 +368,7 @@ def main() -> None:
     unknown = [label for label in a.layers if label not in known]
     if unknown:  # checked before hours of timing
         ap.error(f"--layers: no network labelled {unknown[0]!r} in this run (labels: {', '.join(sorted(known))})")
-    from methods.report import forward_calls, samples_in_turns
+    from methods.report import forward_calls
 
     print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
           f"batch 1 and the throughput batch ({', '.join(f'{s[1]}x{s[2]}: {b}' for s, b in BATCH.items())})")
@@ -368,12 +393,9 @@ def main() -> None:
                     x = np.random.default_rng(0).normal(size=(b, *shape)).astype(np.float32)
                     ms[runtime, b], speedup[runtime, b] = {}, {}
                     for keys, repeats in turns:
-                        samples = [np.asarray(t) for t in
-                                   samples_in_turns([lambda c=calls[k], x=x: c(x) for k in keys], repeats)]
-                        ms[runtime, b].update((k, float(np.median(t))) for k, t in zip(keys, samples))
-                        if "original" in keys:  # paired: each turn's original time over the network's
-                            first = samples[keys.index("original")]
-                            speedup[runtime, b].update((k, float(np.median(first / t))) for k, t in zip(keys, samples))
+                        times, pairs = bracketed([lambda c=calls[k], x=x: c(x) for k in keys], keys, repeats)
+                        ms[runtime, b].update(times)
+                        speedup[runtime, b].update(pairs)
                     for k in nets:
                         speedup[runtime, b].setdefault(k, ms[runtime, b]["original"] / ms[runtime, b][k])
                 del calls
