@@ -97,6 +97,16 @@ def atomic_write_json(path: str, obj) -> None:
                               + "\n").encode())
 
 
+def atomic_write_npz(path: str, **arrays) -> None:
+    """``np.savez`` of ``arrays`` to ``path`` (no ``.npz`` appended), written atomically."""
+    import io
+
+    import numpy as np
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def link_or_copy(src: str, dst: str) -> None:
     """Make ``dst`` an atomic hard link to ``src`` (a copy where links are not possible)."""
     directory = os.path.dirname(os.path.abspath(dst))

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from compress_core import data
 from compress_core.criteria import discriminant
+from compress_core.fileio import atomic_write_npz
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import cdc
 from methods import common, distributed, report
@@ -189,7 +190,7 @@ def prune(ctx: common.Context, teacher):
     keeps = cdc.select_top(points, scores, plan_counts(ctx, graph, points), ctx.cfg.cdc.stream)
     small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps, ctx.cfg.cdc.stream)
     if distributed.is_main():
-        np.savez(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
+        atomic_write_npz(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
                  **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
         checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
     return ctx.backend.build(small, params), points, keeps, groups

@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from compress_core.criteria.kse import kse_indicator
+from compress_core.fileio import atomic_write_npz
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import kse
 from methods import common, distributed, report
@@ -74,9 +75,7 @@ def save_codes(path: str, codes) -> None:
     for name, code in codes.items():
         arrays.update({f"{name}/channels": code.channels, f"{name}/labels": code.labels,
                        f"{name}/full": code.full, f"{name}/in_channels": np.array(code.in_channels)})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write_npz(path, **arrays)
 
 
 def load_codes(path: str, params) -> dict:
