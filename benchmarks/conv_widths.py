@@ -2,12 +2,13 @@
 
 A pruned width that is not a multiple of the CPU's vector block costs the time of the next
 multiple (or more): the fast plans round widths to a ``multiple`` (``cdc.multiple``, the
-planner's ``multiple``, ``benchmarks/speed.py --multiple``), and this is the measurement that
-chooses it. Per map size (the CIFAR ResNets' three stages at batch 64), a ``w -> w`` 3x3 conv
+planner's ``multiple``, ``benchmarks/speed.py --multiple``). Per map size (the CIFAR ResNets' three stages at batch 64), a ``w -> w`` 3x3 conv
 (pad 1) for every width ``w`` in steps of 4, built as a one-conv graph and run by each runtime
 (``torch``: the backend's channels-last forward; ``tf``: the TF backend; ``ort``: ONNX Runtime on
 the exported file), all widths of one runtime and size timed in turns. Printed: ms and ns per
-1000 MACs; a width whose cost per MAC is well above the next multiple's is one to round away.
+1000 MACs; a width whose cost per MAC is well above the next multiple's is one to round away. Last,
+per runtime, the multiple a CDC job measures when ``cdc.multiple=0`` (the default;
+``methods.kernel_widths.measured_multiple``: a few widths on 16x16 maps, the widest step they show).
 
     python benchmarks/conv_widths.py [--runtimes torch tf ort] [--batch 64] [--repeats 7]
 
@@ -23,15 +24,10 @@ import argparse
 
 import numpy as np
 
-from compress_core.ir.graph import Graph, Node, conv_node
 from compress_core.ir.init import init_params
+from methods.kernel_widths import measured_multiple, one_conv
 
 SIZES = {32: 32, 16: 64, 8: 64}  # map size -> widest width timed
-
-
-def one_conv(width: int, size: int) -> Graph:
-    nodes = [Node("input", "input"), conv_node("conv", "input", width)]
-    return Graph(f"conv{width}", (width, size, size), nodes, "conv")
 
 
 def main() -> None:
@@ -52,6 +48,8 @@ def main() -> None:
             cells = " ".join(f"{w}:{t:.2f}({1e9 * t / (a.batch * size * size * 9 * w * w):.1f})"
                              for w, t in zip(widths, times))
             print(f"{runtime:<6}{size:>3}x{size:<3} {cells}", flush=True)
+    for runtime in a.runtimes:
+        print(f"{runtime}: cdc.multiple=0 measures {measured_multiple(runtime)}", flush=True)
 
 
 if __name__ == "__main__":

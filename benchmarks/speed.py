@@ -11,7 +11,8 @@ not change the time; the *shape* of its network does), each method's own network
 * ``CDC``: the reference form (``cdc.stream=select``, any widths: every block reads its share
   of the whole residual stream through a channel selection), the stream cut as one channel group
   (``cdc.stream=group``, any widths) and that with widths rounded (``cdc.multiple``: ``--multiple``, 8
-  by default, and twice it, 16, the block of AVX-512 kernels: ``benchmarks/conv_widths.py``);
+  by default, and twice it, 16, the block of AVX-512 kernels: ``benchmarks/conv_widths.py``; the run
+  prints the multiple a CDC job measures on each runtime, ``cdc.multiple=0``, the default);
   and the latency plan (``cdc.plan=latency``, widths rounded to ``--multiple``) searched on each
   runtime at the throughput batch (``CDC lat@torch``, ``@tf``, ``@ort``: each timed on every runtime,
   so the table shows what a plan tuned for one runtime gives on the others);
@@ -368,8 +369,10 @@ def main() -> None:
     unknown = [label for label in a.layers if label not in known]
     if unknown:  # checked before hours of timing
         ap.error(f"--layers: no network labelled {unknown[0]!r} in this run (labels: {', '.join(sorted(known))})")
+    from methods.kernel_widths import measured_multiple
     from methods.report import forward_calls
-
+    print("the width multiple a CDC job measures here (cdc.multiple=0, the default): "
+          + ", ".join(f"{r} {measured_multiple(r)}" for r in a.runtimes), flush=True)
     print(f"real speedup / MAC reduction per runtime; median of {a.repeats}, networks timed in turns; "
           f"batch 1 and the throughput batch ({', '.join(f'{s[1]}x{s[2]}: {b}' for s, b in BATCH.items())})")
     head = f"{'arch':<12}{'target':>7}  {'network':<15}{'MACs %':>7}"

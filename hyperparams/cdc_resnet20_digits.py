@@ -6,9 +6,10 @@ found by spectral clustering of the baseline's validation confusions), prunes
 to about half the MACs, fine-tunes, then distils from the baseline (KD + DCA).
 
 The plan is the fast one (the common defaults: residual streams cut as channel groups,
-widths rounded to multiples of 8: 44.7% of the MACs); the reference's exact-MAC form is
-``--config.cdc.stream=select --config.cdc.multiple=1`` (49.5%). Both lose about the same
-accuracy here (README, Speed).
+widths rounded to the multiple the conv kernels step at, measured on the backend at the start:
+16 on an AVX-512 CPU, 46.5% of the MACs; 8 on an AVX2 one, 44.7%); the reference's exact-MAC form
+is ``--config.cdc.stream=select --config.cdc.multiple=1`` (49.5%). Both lose about the same
+accuracy here (README, Benchmarks: CDC on digits).
 """
 
 from hyperparams import common

@@ -167,7 +167,7 @@ def validate_train(cfg) -> None:
 def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, block_threshold: int = -1,
         num_coarse: int = 0, coarse_labels: str = "", scorer: str = "gsd", stream: str = "group",
         bn_mode: str = "inference", score_batch_size: int = 256, min_width: int = 1,
-        multiple: int = 8, widths: tuple = (), latency_runtime: str = "backend") -> ConfigDict:
+        multiple: int = 0, widths: tuple = (), latency_runtime: str = "backend") -> ConfigDict:
     from ml_collections import config_dict
 
     return ConfigDict({
@@ -184,7 +184,8 @@ def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, blo
         "latency_batch": 32,         # latency plan: batch the networks are timed at
         "latency_repeats": 5,        # latency plan: timed passes per network (median, in turns)
         "min_width": min_width,      # no mask keeps fewer channels
-        "multiple": multiple,        # round kept widths to the nearest multiple (8 suits vector units); 1: off
+        "multiple": multiple,        # round kept widths to the nearest multiple; 0: the one the conv kernels step
+                                     #   at, measured on the backend (16 with AVX-512, 8 with AVX2); 1: off
         "stream": stream,            # a residual stream's masks: group (default: the stream is cut as one
                                      #   channel group, scored by the sum of its masks' scores) or select (the
                                      #   reference: each block reads a selection, the stream stays whole; slower)
@@ -233,6 +234,8 @@ def validate_cdc(cfg) -> None:
     if cfg.distill.dca_weight > 0 and not cfg.distill.dca_tap:
         raise UserError("distill.dca_weight > 0 needs distill.dca_tap (the layer whose output is projected)")
     check_positive(cfg, "cdc.score_batch_size")
+    check_positive(cfg, "cdc.min_width")
+    check_range(cfg, "cdc.multiple", 0, None)
     check_positive(cfg, "distill.dca_refit_every")
     if cfg.cdc.block_threshold < -1:
         raise UserError(f"config field 'cdc.block_threshold' is {cfg.cdc.block_threshold} (-1: fine labels everywhere)")

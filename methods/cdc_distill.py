@@ -154,6 +154,32 @@ def _flags(p):
     p.add_argument("--teacher", required=True, help="the unpruned checkpoint")
 
 
+def plan_multiple(ctx: common.Context, graph, points) -> int:
+    """The width multiple of the plan for ``graph``: ``cdc.multiple``, or with 0 the step of the conv kernels
+    measured on the runtime the plan is for (the backend, or ``cdc.latency_runtime`` of a latency plan;
+    :func:`methods.kernel_widths.measured_multiple`), halved while a MAC target cannot be reached with it (a
+    net too narrow for it). Rank 0 measures, the others receive it."""
+    from methods import distributed, kernel_widths
+    c = ctx.cfg.cdc
+    if c.multiple > 0:
+        return int(c.multiple)
+    runtime = c.latency_runtime if c.plan == "latency" and c.latency_runtime != "backend" else ctx.backend.name
+    m = np.zeros(1, np.int64)
+    if distributed.is_main():
+        m[0] = kernel_widths.measured_multiple(runtime, ctx.backend if runtime == ctx.backend.name else None,
+                                               common.log)
+    m = int(distributed.broadcast([m])[0][0])
+    while m > 1 and c.plan in ("macs", "latency"):
+        try:
+            cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, m, c.stream)
+            break
+        except UserError:
+            common.log.info("widths rounded to %d cannot reach the MAC target %.3f of %s: trying %d", m,
+                            c.mac_target, graph.arch, m // 2)
+            m //= 2
+    return m
+
+
 def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) -> None:
     """CDC's checks that need the data or the networks, before any work: the masks of the model
     (a predefined plan's widths, a MAC target the plan can reach, the coarse-label threshold against its
@@ -169,7 +195,8 @@ def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) 
             raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
                             f"{teacher.arch}), got {len(c.widths)} widths")
         if c.plan in ("macs", "latency"):  # an unreachable target fails here, not after the baseline's training
-            cdc.ratio_for_macs(teacher, points, c.mac_target, c.min_width, c.multiple, c.stream)
+            cdc.ratio_for_macs(teacher, points, c.mac_target, c.min_width, plan_multiple(ctx, teacher, points),
+                               c.stream)
         if c.plan == "latency" and c.latency_runtime == "ort":
             try:
                 import onnxruntime  # noqa: F401

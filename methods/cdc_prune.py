@@ -26,7 +26,7 @@ from compress_core.fileio import atomic_write_npz
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import cdc
 from methods import common, distributed, report
-from methods.cdc_distill import check_cdc, coarse_groups_for, distill
+from methods.cdc_distill import check_cdc, coarse_groups_for, distill, plan_multiple
 
 STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
 
@@ -128,11 +128,12 @@ def plan_counts(ctx: common.Context, graph, points) -> list[int]:
         return cdc.check_counts(points, list(c.widths), c.min_width)
     if c.plan == "latency":
         return latency_counts(ctx, graph, points)
-    ratio = c.ratio
+    ratio, multiple = c.ratio, plan_multiple(ctx, graph, points)
     if c.plan == "macs":
-        ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, c.multiple, c.stream)
-        common.log.info("uniform ratio %.4f meets the MAC target %.3f", ratio, c.mac_target)
-    counts = cdc.uniform_counts(points, ratio, c.min_width, c.multiple)
+        ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, multiple, c.stream)
+        common.log.info("uniform ratio %.4f meets the MAC target %.3f (widths multiples of %d)", ratio,
+                        c.mac_target, multiple)
+    counts = cdc.uniform_counts(points, ratio, c.min_width, multiple)
     for p, k in zip(points, counts):
         if k == p.width:
             common.log.info("mask at '%s' keeps all %d channels (ratio %.3f removes none)", p.conv, k, ratio)
@@ -147,7 +148,7 @@ def latency_counts(ctx: common.Context, graph, points) -> list[int]:
 
     c = ctx.cfg.cdc
     runtime = ctx.backend.name if c.latency_runtime == "backend" else c.latency_runtime
-    counts = np.zeros(len(points), np.int64)
+    counts, multiple = np.zeros(len(points), np.int64), plan_multiple(ctx, graph, points)
     if distributed.is_main():
         params = init_params(graph, ctx.cfg.seed)
         done = [0]
@@ -160,7 +161,7 @@ def latency_counts(ctx: common.Context, graph, points) -> list[int]:
             return report.networks_ms(runtime, nets, c.latency_batch, c.latency_repeats,
                                       ctx.backend if runtime == ctx.backend.name else None)
 
-        found = cdc.latency_counts(graph, points, c.mac_target, measure, c.min_width, c.multiple, c.stream)
+        found = cdc.latency_counts(graph, points, c.mac_target, measure, c.min_width, multiple, c.stream)
         s = found.search
         for tier, opts, j, saved in zip(found.tiers, found.options, s.choice, s.saved):
             common.log.info("latency plan: %d mask(s) from '%s' keep %d of %d channels (alone saves %.2f ms)",

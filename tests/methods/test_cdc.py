@@ -10,7 +10,7 @@ import pytest
 from compress_core.data import config
 from compress_core.ir import checkpoint, flops, zoo
 from compress_core.recipes import cdc
-from methods import cdc_distill, cdc_prune, common
+from methods import cdc_distill, cdc_prune, common, kernel_widths
 from tests.conftest import close, trained_like
 
 CONFIG = f"{common.HYPERPARAMS}/cdc_resnet20_digits.py"
@@ -94,10 +94,15 @@ def test_cdc_prune_end_to_end_and_resume(backend, tmp_path, capsys):
     assert "baseline" in out and "distilled" in out and "kept input channels" in out
     m = json.loads((tmp_path / "w" / "metrics.json").read_text())
     base, pruned = m["rows"][0], m["rows"][1]
-    # "about half the MACs", from below: the default plan cuts the streams, widths rounded to 8 (44.7%)
+    # "about half the MACs", from below: the default plan cuts the streams, widths rounded to the multiple
+    # measured on the backend (44.7% at 8, 46.5% at 16)
     assert 0.4 < pruned["macs"] / base["macs"] <= 0.5
+    measured = kernel_widths.measured_multiple(backend)  # measured once per process: the job's value
+    assert f"(widths multiples of {measured})" in (tmp_path / "w" / "log.txt").read_text()
     assert [r["model"] for r in m["rows"]] == ["baseline", "pruned, not fine-tuned", "fine-tuned", "distilled"]
-    assert all(r["after"] < r["before"] for r in m["layers"])
+    # every width a multiple of the measured one (16: stage 1's 16-wide masks stay whole), the net cut
+    assert all(r["after"] % measured == 0 and r["after"] <= r["before"] for r in m["layers"])
+    assert sum(r["after"] for r in m["layers"]) < sum(r["before"] for r in m["layers"])
     assert (tmp_path / "w" / "widths.png").read_bytes()[:4] == b"\x89PNG"
     g, _, _ = checkpoint.load_checkpoint(m["checkpoint"])
     assert flops.count_macs(g) == pruned["macs"]
@@ -183,7 +188,9 @@ def test_cdc_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
 
 
 def test_an_unreachable_mac_target_fails_before_the_baseline_is_trained(tmp_path, capsys):
-    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), "--config.cdc.mac_target=0.02"]
+    # widths of at least 8 keep about a quarter of the MACs (a measured multiple would be halved to reach it)
+    argv = ["--backend", "torch", "--workdir", str(tmp_path / "w"), "--config.cdc.mac_target=0.02",
+            "--config.cdc.multiple=8"]
     assert cdc_prune.cli(argv) == 2
     assert "cannot be reached" in capsys.readouterr().err
     assert not (tmp_path / "w" / "baseline").exists()

@@ -1,0 +1,82 @@
+"""The width multiple measured on the machine (``cdc.multiple=0``, the default): which step the times show, the
+fallback when a net is too narrow for it, and the measurement itself."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from compress_core.errors import UserError
+from compress_core.ir import zoo
+from compress_core.recipes import cdc
+from methods import cdc_distill, common, kernel_widths
+
+
+def _times(cost):
+    return {w: cost(w) for w in kernel_widths.widths_timed()}
+
+
+def _step(m):
+    return lambda w: m * math.ceil(w / m)
+
+
+@pytest.mark.parametrize("cost,expected", [
+    (_step(16), 16),                             # AVX-512: a 24-wide conv costs a 32-wide one
+    (_step(32), 32),
+    (lambda w: _step(16)(w) ** 2, 16),          # stepped at 16 and quadratic in between steps
+    (lambda w: w * w, 8),                       # proportional to the MACs: no step, the fallback
+    (lambda w: w, 8),                           # proportional to the width (memory-bound): no step
+    (lambda w: _step(8)(w) ** 2, 8),            # AVX2
+])
+def test_the_widest_step_the_times_show(cost, expected):
+    assert kernel_widths.pick_multiple(_times(cost))[0] == expected
+
+
+def test_a_share_is_the_half_way_width_over_the_next_multiple():
+    _, shares = kernel_widths.pick_multiple(_times(lambda w: w))
+    assert shares == pytest.approx({32: (48 / 64 + 80 / 96) / 2, 16: (24 / 32 + 40 / 48) / 2})
+
+
+def _ctx(multiple, plan="macs", target=0.5):
+    cfg = SimpleNamespace(cdc=SimpleNamespace(multiple=multiple, plan=plan, mac_target=target, min_width=1,
+                                              stream="group", latency_runtime="backend"))
+    return SimpleNamespace(cfg=cfg, backend=SimpleNamespace(name="torch"))
+
+
+def test_a_measured_multiple_too_wide_for_the_net_is_halved_until_the_target_is_reached(monkeypatch):
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    points = cdc.mask_points(g)
+    monkeypatch.setattr(kernel_widths, "measured_multiple", lambda runtime, backend=None, log=None: 16)
+    assert cdc_distill.plan_multiple(_ctx(0), g, points) == 16  # half the MACs: 16 reaches it
+    # a tenth of the MACs: widths of at least 8 keep about a quarter, so 16 and 8 are halved away
+    m = cdc_distill.plan_multiple(_ctx(0, target=0.1), g, points)
+    cdc.ratio_for_macs(g, points, 0.1, 1, m, "group")
+    with pytest.raises(UserError):
+        cdc.ratio_for_macs(g, points, 0.1, 1, 2 * m, "group")
+    assert cdc_distill.plan_multiple(_ctx(5), g, points) == 5  # a multiple given is used as it is
+
+
+def test_measured_once_per_runtime_and_logged(monkeypatch, caplog):
+    monkeypatch.setattr(kernel_widths, "_MEASURED", {})
+    calls = []
+
+    def conv_ms(runtime, widths, **kw):
+        calls.append(runtime)
+        return [float(_step(16)(w)) for w in widths]
+
+    monkeypatch.setattr(kernel_widths, "conv_ms", conv_ms)
+    with caplog.at_level("INFO"):
+        assert kernel_widths.measured_multiple("torch", log=common.log) == 16
+    assert kernel_widths.measured_multiple("torch") == 16 and calls == ["torch"]
+    assert "width multiple measured on torch: 16" in caplog.text
+
+
+@pytest.mark.parametrize("runtime", ["torch", "tf"])
+def test_the_measurement_runs_on_each_backend(runtime, monkeypatch):
+    monkeypatch.setattr(kernel_widths, "_MEASURED", {})
+    assert kernel_widths.measured_multiple(runtime) in (*kernel_widths.CANDIDATES, kernel_widths.FALLBACK)
+    widths = kernel_widths.widths_timed()
+    ms = kernel_widths.conv_ms(runtime, widths[:2], repeats=1)
+    assert len(ms) == 2 and all(t > 0 for t in ms)
