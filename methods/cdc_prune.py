@@ -131,8 +131,9 @@ def plan_counts(ctx: common.Context, graph, points) -> list[int]:
     ratio, multiple = c.ratio, plan_multiple(ctx, graph, points)
     if c.plan == "macs":
         ratio = cdc.ratio_for_macs(graph, points, c.mac_target, c.min_width, multiple, c.stream)
-        common.log.info("uniform ratio %.4f meets the MAC target %.3f (widths multiples of %d)", ratio,
-                        c.mac_target, multiple)
+        common.log.info("uniform ratio %.4f meets the MAC target %.3f (widths multiples of %d%s)", ratio,
+                        c.mac_target, multiple,
+                        f", measured: --config.cdc.multiple={multiple} repeats it" if c.multiple == 0 else "")
     counts = cdc.uniform_counts(points, ratio, c.min_width, multiple)
     for p, k in zip(points, counts):
         if k == p.width:

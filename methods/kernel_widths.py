@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-#: the multiples tried, widest first
-CANDIDATES = (32, 16)
-#: a multiple is the kernels' step when a width half-way between two multiples costs at least this share of the
-#: next multiple's time (a time proportional to the MACs gives 0.56 and 0.69 for the two pairs timed, one
-#: proportional to the width 0.75 and 0.83; a stepped kernel ~1.0)
-STEP_SHARE = 0.9
+#: the multiples tried, widest first, each with the share at which it is the kernels' step: a width half-way
+#: between two multiples must cost at least this share of the next multiple's time, averaged over the two pairs
+#: timed (a time proportional to the MACs gives 0.63, one proportional to the width 0.79; a kernel that steps at
+#: 16 gave 0.88-1.14 for 16 and 0.64-0.78 for 32 over twelve runs on the build machine). 16 is taken on weaker
+#: evidence than 32: a multiple of 16 is one of AVX2's 8 too, so a wrong 16 costs only coarser widths, where 32 is
+#: wider than any CPU's vector
+STEP_SHARE = {32: 0.9, 16: 0.8}
+CANDIDATES = tuple(STEP_SHARE)
 #: the multiple when no candidate's step is measured: an 8-float vector unit (AVX2), and a multiple of NEON's 4
 FALLBACK = 8
 
@@ -28,13 +30,16 @@ def one_conv(width: int, size: int):
                  "conv")
 
 
-def conv_ms(runtime: str, widths, size: int = 16, batch: int = 32, repeats: int = 7, backend=None) -> list[float]:
-    """Median time (ms) of one ``w -> w`` 3x3 conv for each width on ``runtime`` (all widths timed in turns;
-    ``backend``: as :func:`methods.report.forward_calls`)."""
+def conv_ms(runtime: str, widths, size: int = 32, batch: int = 32, repeats: int = 9, backend=None) -> list[float]:
+    """The fastest time (ms) over ``repeats`` turns of one ``w -> w`` 3x3 conv for each width on ``runtime`` (all
+    widths timed in turns; ``backend``: as :func:`methods.report.forward_calls`). The fastest, not the median: the
+    load of a shared machine only ever adds time, and a step decided from medians flipped between runs there."""
     from compress_core.ir.init import init_params
-    from methods.report import networks_ms
+    from methods.report import forward_calls, samples_in_turns
     nets = [(g, init_params(g, 0)) for w in widths for g in [one_conv(w, size)]]
-    return networks_ms(runtime, nets, batch, repeats, backend)
+    calls = forward_calls(runtime, nets, backend=backend)
+    xs = [np.random.default_rng(0).normal(size=(batch, w, size, size)).astype(np.float32) for w in widths]
+    return [min(t) for t in samples_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)]
 
 
 def pick_multiple(ms: dict[int, float]) -> tuple[int, dict[int, float]]:
@@ -43,7 +48,7 @@ def pick_multiple(ms: dict[int, float]) -> tuple[int, dict[int, float]]:
     shares = {}
     for m in CANDIDATES:
         shares[m] = float(np.mean([ms[k * m + m // 2] / ms[(k + 1) * m] for k in (1, 2)]))
-        if shares[m] >= STEP_SHARE:
+        if shares[m] >= STEP_SHARE[m]:
             return m, shares
     return FALLBACK, shares
 
@@ -59,13 +64,14 @@ _MEASURED: dict[str, tuple[int, dict[int, float]]] = {}
 def measured_multiple(runtime: str, backend=None, log=None) -> int:
     """The width multiple ``runtime``'s 3x3 convs step at on this machine (``backend``: the job's instance of
     that backend, None: a new one), measured once per process: a few seconds, convs of the widths
-    :func:`widths_timed` on 16x16 maps at batch 32, in turns."""
+    :func:`widths_timed` on 32x32 maps at batch 32, in turns."""
     if runtime not in _MEASURED:
         widths = widths_timed()
         _MEASURED[runtime] = pick_multiple(dict(zip(widths, conv_ms(runtime, widths, backend=backend))))
         if log is not None:
             m, shares = _MEASURED[runtime]
             log.info("width multiple measured on %s: %d (a conv half-way between two multiples takes %s of the "
-                     "next multiple's time; %.2f or more is a step)", runtime, m,
-                     ", ".join(f"{s:.2f} at {c}" for c, s in shares.items()), STEP_SHARE)
+                     "next multiple's time; a step from %s)", runtime, m,
+                     ", ".join(f"{s:.2f} at {c}" for c, s in shares.items()),
+                     ", ".join(f"{t} at {c}" for c, t in STEP_SHARE.items()))
     return _MEASURED[runtime][0]
