@@ -2,20 +2,22 @@
 
 A pruned width that is not a multiple of the CPU's vector block costs the time of the next
 multiple (or more): the fast plans round widths to a ``multiple`` (``cdc.multiple``, the
-planner's ``multiple``, ``benchmarks/speed.py --multiple``). Per map size (the CIFAR ResNets' three stages at batch 64), a ``w -> w`` 3x3 conv
-(pad 1) for every width ``w`` in steps of 4, built as a one-conv graph and run by each runtime
-(``torch``: the backend's channels-last forward; ``tf``: the TF backend; ``ort``: ONNX Runtime on
-the exported file), all widths of one runtime and size timed in turns. Printed: ms and ns per
-1000 MACs; a width whose cost per MAC is well above the next multiple's is one to round away. Last,
-per runtime, the multiple a CDC job measures when ``cdc.multiple=0`` (the default;
-``methods.kernel_widths.measured_multiple``: a few widths on 16x16 maps, the widest step they show).
+planner's ``multiple``, ``benchmarks/speed.py --multiple``). Per map size (the CIFAR ResNets'
+three stages at batch 64), a ``w -> w`` 3x3 conv (pad 1) for every width ``w`` in steps of 4,
+built as a one-conv graph and run by each runtime (``torch``: the backend's channels-last
+forward; ``tf``: the TF backend; ``ort``: ONNX Runtime on the exported file), all widths of one
+runtime and size timed in turns. Printed: ms and ns per 1000 MACs; a width whose cost per MAC is
+well above the next multiple's is one to round away. Last, per runtime, the multiple a CDC job
+measures when ``cdc.multiple=0`` (the default; ``methods.kernel_widths.measured_multiple``: a
+few widths on 32x32 maps, the fastest of 9 turns, the widest step they show).
 
     python benchmarks/conv_widths.py [--runtimes torch tf ort] [--batch 64] [--repeats 7]
 
 Measured on a 2-core Intel Xeon with AVX-512 (the README's Speed section): in torch and TF the
 costs step every 16 channels (a 24-wide conv on 16x16 maps costs as much as a 32-wide one in
 torch), so 16 is the multiple there; a CPU with 8-float vectors (AVX2) is expected to step at 8.
-ONNX Runtime's times varied too much between runs on that machine to read a step from.
+ONNX Runtime's medians there varied too much between runs to read a step from by eye; the
+measurement (the fastest of 9 turns) gives 16 for it too.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import argparse
 
 import numpy as np
 
-from compress_core.ir.init import init_params
-from methods.kernel_widths import measured_multiple, one_conv
+from methods.kernel_widths import conv_ms, measured_multiple
 
 SIZES = {32: 32, 16: 64, 8: 64}  # map size -> widest width timed
 
@@ -36,15 +37,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args()
-    from methods.report import forward_calls, time_in_turns
     print(f"one w -> w 3x3 conv, batch {a.batch}, median of {a.repeats} in turns; ms (ns per 1000 MACs)")
     for runtime in a.runtimes:
         for size, widest in SIZES.items():
             widths = list(range(8, widest + 1, 4))
-            nets = {w: (g, init_params(g, 0)) for w in widths for g in [one_conv(w, size)]}
-            xs = [np.random.default_rng(0).normal(size=(a.batch, w, size, size)).astype(np.float32) for w in widths]
-            calls = forward_calls(runtime, list(nets.values()))
-            times = time_in_turns([lambda run=run, x=x: run(x) for run, x in zip(calls, xs)], a.repeats)
+            times = conv_ms(runtime, widths, size, a.batch, a.repeats, reduce=np.median)
             cells = " ".join(f"{w}:{t:.2f}({1e9 * t / (a.batch * size * size * 9 * w * w):.1f})"
                              for w, t in zip(widths, times))
             print(f"{runtime:<6}{size:>3}x{size:<3} {cells}", flush=True)

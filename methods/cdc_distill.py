@@ -154,20 +154,26 @@ def _flags(p):
     p.add_argument("--teacher", required=True, help="the unpruned checkpoint")
 
 
+def plan_runtime(ctx: common.Context) -> tuple[str, object]:
+    """Where the plan's widths are timed: the backend, or ``cdc.latency_runtime`` of a latency plan, with the
+    job's backend instance when it is that runtime (None: another one, e.g. ONNX Runtime)."""
+    c = ctx.cfg.cdc
+    runtime = c.latency_runtime if c.plan == "latency" and c.latency_runtime != "backend" else ctx.backend.name
+    return runtime, ctx.backend if runtime == ctx.backend.name else None
+
+
 def plan_multiple(ctx: common.Context, graph, points) -> int:
     """The width multiple of the plan for ``graph``: ``cdc.multiple``, or with 0 the step of the conv kernels
-    measured on the runtime the plan is for (the backend, or ``cdc.latency_runtime`` of a latency plan;
-    :func:`methods.kernel_widths.measured_multiple`), halved while a MAC target cannot be reached with it (a
-    net too narrow for it). Rank 0 measures, the others receive it."""
+    measured where the plan is timed (:func:`plan_runtime`; :func:`methods.kernel_widths.measured_multiple`),
+    halved while a MAC target cannot be reached with it (a net too narrow for it). Rank 0 measures, the others
+    receive it."""
     from methods import distributed, kernel_widths
     c = ctx.cfg.cdc
     if c.multiple > 0:
         return int(c.multiple)
-    runtime = c.latency_runtime if c.plan == "latency" and c.latency_runtime != "backend" else ctx.backend.name
     m = np.zeros(1, np.int64)
     if distributed.is_main():
-        m[0] = kernel_widths.measured_multiple(runtime, ctx.backend if runtime == ctx.backend.name else None,
-                                               common.log)
+        m[0] = kernel_widths.measured_multiple(*plan_runtime(ctx), common.log)
     m = int(distributed.broadcast([m])[0][0])
     while m > 1 and c.plan in ("macs", "latency"):
         try:

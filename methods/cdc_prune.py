@@ -26,7 +26,13 @@ from compress_core.fileio import atomic_write_npz
 from compress_core.ir import checkpoint, flops
 from compress_core.recipes import cdc
 from methods import common, distributed, report
-from methods.cdc_distill import check_cdc, coarse_groups_for, distill, plan_multiple
+from methods.cdc_distill import (
+    check_cdc,
+    coarse_groups_for,
+    distill,
+    plan_multiple,
+    plan_runtime,
+)
 
 STREAMING = ("gsd", "abs_snr", "fdr", "t_test")
 
@@ -148,7 +154,7 @@ def latency_counts(ctx: common.Context, graph, points) -> list[int]:
     from compress_core.ir.init import init_params
 
     c = ctx.cfg.cdc
-    runtime = ctx.backend.name if c.latency_runtime == "backend" else c.latency_runtime
+    runtime, backend = plan_runtime(ctx)
     counts, multiple = np.zeros(len(points), np.int64), plan_multiple(ctx, graph, points)
     if distributed.is_main():
         params = init_params(graph, ctx.cfg.seed)
@@ -159,8 +165,7 @@ def latency_counts(ctx: common.Context, graph, points) -> list[int]:
             done[0] += len(nets)
             common.log.info("latency plan: timing %d networks on %s at batch %d (%d so far)", len(nets), runtime,
                             c.latency_batch, done[0])
-            return report.networks_ms(runtime, nets, c.latency_batch, c.latency_repeats,
-                                      ctx.backend if runtime == ctx.backend.name else None)
+            return report.networks_ms(runtime, nets, c.latency_batch, c.latency_repeats, backend)
 
         found = cdc.latency_counts(graph, points, c.mac_target, measure, c.min_width, multiple, c.stream)
         s = found.search
@@ -193,7 +198,7 @@ def prune(ctx: common.Context, teacher):
     small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps, ctx.cfg.cdc.stream)
     if distributed.is_main():
         atomic_write_npz(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),
-                 **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
+                         **{f"score_{i}": s for i, s in enumerate(scores)}, **{f"keep_{i}": k for i, k in enumerate(keeps)})
         checkpoint.save_checkpoint(path, small, params, {"method": "cdc", "from": graph.arch})
     return ctx.backend.build(small, params), points, keeps, groups
 

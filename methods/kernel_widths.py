@@ -30,16 +30,18 @@ def one_conv(width: int, size: int):
                  "conv")
 
 
-def conv_ms(runtime: str, widths, size: int = 32, batch: int = 32, repeats: int = 9, backend=None) -> list[float]:
-    """The fastest time (ms) over ``repeats`` turns of one ``w -> w`` 3x3 conv for each width on ``runtime`` (all
-    widths timed in turns; ``backend``: as :func:`methods.report.forward_calls`). The fastest, not the median: the
-    load of a shared machine only ever adds time, and a step decided from medians flipped between runs there."""
+def conv_ms(runtime: str, widths, size: int = 32, batch: int = 32, repeats: int = 9, backend=None,
+            reduce=min) -> list[float]:
+    """Time (ms) of one ``w -> w`` 3x3 conv for each width on ``runtime``, all widths timed in turns, ``reduce``
+    of the ``repeats`` turns (``backend``: as :func:`methods.report.forward_calls`). By default the fastest, not
+    the median: the load of a shared machine only ever adds time, and a step decided from medians flipped
+    between runs there."""
     from compress_core.ir.init import init_params
     from methods.report import forward_calls, samples_in_turns
     nets = [(g, init_params(g, 0)) for w in widths for g in [one_conv(w, size)]]
     calls = forward_calls(runtime, nets, backend=backend)
     xs = [np.random.default_rng(0).normal(size=(batch, w, size, size)).astype(np.float32) for w in widths]
-    return [min(t) for t in samples_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)]
+    return [float(reduce(t)) for t in samples_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)]
 
 
 def pick_multiple(ms: dict[int, float]) -> tuple[int, dict[int, float]]:
