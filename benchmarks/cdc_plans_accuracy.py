@@ -1,7 +1,7 @@
 """Accuracy of CDC's plans on digits over several data splits: do the fast plans lose more than the exact-MAC one?
 
     python benchmarks/cdc_plans_accuracy.py [--backends torch tf] [--seeds 0 1 2 3 4]
-                                            [--plans default x8 latency] [--workdir DIR]
+                                            [--plans default x8 latency depth] [--workdir DIR]
 
 Every job is the README's command, ``python -m methods.cdc_prune --backend B`` (ResNet-20 on digits, half the
 MACs, fine-tuning then distillation), with one plan's overrides:
@@ -12,7 +12,8 @@ MACs, fine-tuning then distillation), with one plan's overrides:
   multiple measured on the backend, ``cdc.multiple=0``: 16 on an AVX-512 CPU, 8 on an AVX2 one);
 * ``x8``, ``x16``: widths rounded to 8, to 16 (``cdc.multiple=8``, ``16``);
 * ``any``: the stream cut, any width (``cdc.multiple=1``);
-* ``latency``: widths chosen by timing on the backend (``cdc.plan=latency``, the measured multiple).
+* ``latency``: widths chosen by timing on the backend (``cdc.plan=latency``, the measured multiple);
+* ``depth``: whole residual blocks removed, the lowest-scored first, evenly over the stages (``cdc.plan=depth``).
 
 ``config.seed`` is the data split (each its own train / val / test split, ~270 test images: one image is 0.37
 points), the baseline's initialisation and the fine-tuning order. The plans of one backend and seed all start
@@ -41,6 +42,7 @@ PLANS = {
     "x16": ["cdc.multiple=16"],
     "any": ["cdc.multiple=1"],
     "latency": ["cdc.plan=latency"],
+    "depth": ["cdc.plan=depth"],
 }
 STAGES = ("baseline", "fine-tuned", "distilled")
 
@@ -66,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", nargs="+", default=["torch", "tf"], choices=["torch", "tf"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--plans", nargs="+", default=["default", "x8", "latency"],
+    ap.add_argument("--plans", nargs="+", default=["default", "x8", "latency", "depth"],
                     choices=[p for p in PLANS if p != "reference"], help="compared with the reference form")
     ap.add_argument("--workdir", default=None, help="where the jobs' folders go (default: a new temporary one)")
     a = ap.parse_args()

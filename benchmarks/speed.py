@@ -13,6 +13,8 @@ not change the time; the *shape* of its network does), each method's own network
   (``cdc.stream=group``, any widths) and that with widths rounded (``cdc.multiple``: ``--multiple``, 8
   by default, and twice it, 16, the block of AVX-512 kernels: ``benchmarks/conv_widths.py``; the run
   prints the multiple a CDC job measures on each runtime, ``cdc.multiple=0``, the default);
+  the depth plan (``cdc.plan=depth``: residual blocks removed whole, evenly over the stages; no row
+  for a network without a residual block with an identity shortcut, VGG-16);
   and the latency plan (``cdc.plan=latency``, widths rounded to ``--multiple``) searched on each
   runtime at the throughput batch (``CDC lat@torch``, ``@tf``, ``@ort``: each timed on every runtime,
   so the table shows what a plan tuned for one runtime gives on the others);
@@ -43,6 +45,7 @@ a change of load between turns, or between networks of one turn, weighs on both 
     python benchmarks/speed.py --no-latency                     # the README's big table (about an hour)
     python benchmarks/speed.py --targets 0.5                    # with the latency searches (over an hour)
     python benchmarks/speed.py --archs resnet56 --runtimes ort --repeats 5   # one quick cell
+    python benchmarks/speed.py --no-latency --networks "CDC group x16" "CDC depth" "TP L1 x8"  # some rows
 """
 
 from __future__ import annotations
@@ -86,6 +89,14 @@ def cdc_form(g, p, target: float, stream: str, multiple: int):
     counts = cdc.uniform_counts(points, ratio, 1, multiple)
     keeps = cdc.select_top(points, [np.zeros(pt.width) for pt in points], counts, stream)
     return cdc.apply(g, p, points, keeps, stream)
+
+
+def depth_form(g, p, target: float):
+    """CDC's depth plan (``cdc.plan=depth``): residual blocks removed whole, evenly over the stages."""
+    from compress_core.recipes import cdc
+    points = cdc.mask_points(g)
+    counts, _ = cdc.depth_counts(g, points, [np.zeros(pt.width) for pt in points], target)
+    return cdc.network(g, p, points, counts, "group")
 
 
 def latency_form(g, p, target: float, multiple: int, runtime: str, batch: int, repeats: int):
@@ -180,6 +191,7 @@ def builders(arch: str, g, p, shape, target: float, multiple: int, tp: bool, kse
         "CDC group": lambda: cdc_form(g, p, target, "group", 1),
         f"CDC group x{multiple}": lambda: cdc_form(g, p, target, "group", multiple),
         f"CDC group x{2 * multiple}": lambda: cdc_form(g, p, target, "group", 2 * multiple),
+        "CDC depth": lambda: depth_form(g, p, target),
         **{f"CDC lat@{rt}": lambda rt=rt: latency_form(g, p, target, multiple, rt, BATCH[shape], search_repeats)
            for rt in latency},
         "Hinge": lambda: hinge_form(g, p, target),
@@ -195,13 +207,15 @@ def builders(arch: str, g, p, shape, target: float, multiple: int, tp: bool, kse
 
 
 def networks(arch: str, shape, target: float, multiple: int, tp: bool, kse: bool = True,
-             latency: tuple[str, ...] = (), search_repeats: int = 5) -> dict:
+             latency: tuple[str, ...] = (), search_repeats: int = 5, only=()) -> dict:
     """``{label: (graph, params)}`` for one architecture and MAC target (``kse``: with the KSE row, whose
     MACs do not depend on the target; ``latency``: the runtimes a CDC latency plan is searched on, at the
-    throughput batch, ``search_repeats`` timed passes per network)."""
+    throughput batch, ``search_repeats`` timed passes per network; ``only``: these labels, none: all)."""
     g, p = original(arch, shape)
     out = {"original": (g, p)}
     for label, build in builders(arch, g, p, shape, target, multiple, tp, kse, latency, search_repeats).items():
+        if only and label not in only:
+            continue
         start = time.perf_counter()
         try:
             out[label] = build()
@@ -362,13 +376,16 @@ def main() -> None:
     ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
                     help="also time the convs of these networks (labels as printed) one by one against the original's "
                          "(in torch and in ONNX Runtime, those of --runtimes)")
+    ap.add_argument("--networks", nargs="*", default=[], metavar="NETWORK",
+                    help="time only these networks (labels as printed) beside the original (default: all)")
     a = ap.parse_args()
     latency = () if a.no_latency else tuple(a.runtimes)
     known = {k for arch in a.archs for k in builders(arch, None, None, ARCHS[arch], 0.5, a.multiple, not a.no_tp,
                                                       latency=latency)}
-    unknown = [label for label in a.layers if label not in known]
-    if unknown:  # checked before hours of timing
-        ap.error(f"--layers: no network labelled {unknown[0]!r} in this run (labels: {', '.join(sorted(known))})")
+    for flag, labels in (("--layers", a.layers), ("--networks", a.networks)):
+        unknown = [label for label in labels if label not in known]
+        if unknown:  # checked before hours of timing
+            ap.error(f"{flag}: no network labelled {unknown[0]!r} in this run (labels: {', '.join(sorted(known))})")
     from methods.kernel_widths import measured_multiple
     from methods.report import forward_calls
     print("the width multiple a CDC job measures here (cdc.multiple=0, the default): "
@@ -384,7 +401,8 @@ def main() -> None:
         for target in a.targets:
             # KSE's shared form (seconds per batch, see the README) is timed at the first target only
             nets = networks(arch, shape, target, a.multiple, not a.no_tp, kse=target == a.targets[0],
-                            latency=latency, search_repeats=a.search_repeats)
+                            latency=latency, search_repeats=a.search_repeats,
+                            only=set(a.networks) | set(a.layers) if a.networks else set())
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms, speedup = {}, {}
             for runtime in a.runtimes:

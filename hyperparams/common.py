@@ -176,10 +176,12 @@ def cdc(ratio: float = 0.45, plan: str = "uniform", mac_target: float = 0.5, blo
         "bn_mode": bn_mode,          # inference: BN running stats; batch: the reference's batch statistics
         "score_batch_size": score_batch_size,  # images per scoring batch (the BN batch in batch mode)
         "plan": plan,                # uniform (ratio), predefined (widths), macs (mac_target: one uniform
-                                     #   ratio), latency (mac_target: the widths that time fastest)
+                                     #   ratio), latency (mac_target: the widths that time fastest), depth
+                                     #   (mac_target: whole residual blocks removed, the lowest-scored first)
         "ratio": ratio,              # uniform plan: remove floor(C * ratio) channels of every mask
-        "widths": tuple(widths),     # predefined plan: channels kept per mask, in mask order
-        "mac_target": mac_target,    # macs and latency plans: fraction of the unpruned MACs to keep
+        "widths": tuple(widths),     # predefined plan: channels kept per mask, in mask order (0: the mask's
+                                     #   residual block is removed; all masks of that block 0)
+        "mac_target": mac_target,    # macs, latency and depth plans: fraction of the unpruned MACs to keep
         "latency_runtime": latency_runtime,  # latency plan: timed on backend (the --backend) or ort (ONNX Runtime)
         "latency_batch": 32,         # latency plan: batch the networks are timed at
         "latency_repeats": 5,        # latency plan: timed passes per network (median, in turns)
@@ -220,7 +222,7 @@ def validate_cdc(cfg) -> None:
 
     validate_train(cfg)
     check_choice(cfg, "cdc.scorer", ["gsd", "abs_snr", "fdr", "t_test", "di"])
-    check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs", "latency"])
+    check_choice(cfg, "cdc.plan", ["uniform", "predefined", "macs", "latency", "depth"])
     check_choice(cfg, "cdc.latency_runtime", ["backend", "ort"])
     check_positive(cfg, "cdc.latency_batch")
     check_positive(cfg, "cdc.latency_repeats")

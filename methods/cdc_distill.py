@@ -186,6 +186,13 @@ def plan_multiple(ctx: common.Context, graph, points) -> int:
     return m
 
 
+def pinned_blocks(ctx: common.Context, graph) -> list[str]:
+    """The residual blocks a plan must not remove: the one holding the DCA tap, when the job distils with it."""
+    from compress_core.surgery import blocks_holding
+    dc = ctx.cfg.distill
+    return sorted(blocks_holding(graph, [dc.dca_tap])) if dc.enabled and dc.dca_weight > 0 else []
+
+
 def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) -> None:
     """CDC's checks that need the data or the networks, before any work: the masks of the model
     (a predefined plan's widths, a MAC target the plan can reach, the coarse-label threshold against its
@@ -200,6 +207,15 @@ def check_cdc(ctx: common.Context, graphs=(), prune: bool = True, teacher=None) 
         if c.plan == "predefined" and len(c.widths) != len(points):
             raise UserError(f"cdc.plan=predefined needs cdc.widths with one width per mask ({len(points)} for "
                             f"{teacher.arch}), got {len(c.widths)} widths")
+        if c.plan == "predefined":
+            removed = cdc.removed_blocks(teacher, points, cdc.check_counts(points, list(c.widths), c.min_width))
+            held = sorted(set(removed) & set(pinned_blocks(ctx, teacher)))
+            if held:
+                raise UserError(f"cdc.widths removes the block closed by '{held[0]}', which holds distill.dca_tap "
+                                f"'{ctx.cfg.distill.dca_tap}'")
+        if c.plan == "depth":  # no removable block, or not enough of them for the target
+            cdc.depth_counts(teacher, points, [np.zeros(p.width) for p in points], c.mac_target,
+                             pinned_blocks(ctx, teacher))
         if c.plan in ("macs", "latency"):  # an unreachable target fails here, not after the baseline's training
             cdc.ratio_for_macs(teacher, points, c.mac_target, c.min_width, plan_multiple(ctx, teacher, points),
                                c.stream)

@@ -30,6 +30,7 @@ from methods.cdc_distill import (
     check_cdc,
     coarse_groups_for,
     distill,
+    pinned_blocks,
     plan_multiple,
     plan_runtime,
 )
@@ -128,10 +129,18 @@ def _merge_ranks(stats: dict) -> None:
         stats[key] = merged
 
 
-def plan_counts(ctx: common.Context, graph, points) -> list[int]:
+def plan_counts(ctx: common.Context, graph, points, scores) -> list[int]:
     c = ctx.cfg.cdc
     if c.plan == "predefined":
-        return cdc.check_counts(points, list(c.widths), c.min_width)
+        return cdc.check_counts(points, list(c.widths), c.min_width, graph)
+    if c.plan == "depth":
+        counts, removed = cdc.depth_counts(graph, points, scores, c.mac_target, pinned_blocks(ctx, graph))
+        common.log.info("depth plan: %d residual blocks removed (%s) for the MAC target %.3f: %.1f%% of the MACs",
+                        len(removed), ", ".join(removed), c.mac_target,
+                        100 * cdc.macs_after(graph, points, counts) / flops.count_macs(graph))
+        common.log.info("depth plan widths, to repeat them: --config.cdc.plan=predefined "
+                        "'--config.cdc.widths=(%s)'", ",".join(map(str, counts)))
+        return counts
     if c.plan == "latency":
         return latency_counts(ctx, graph, points)
     ratio, multiple = c.ratio, plan_multiple(ctx, graph, points)
@@ -194,7 +203,7 @@ def prune(ctx: common.Context, teacher):
         keeps = [saved[f"keep_{i}"] for i in range(len(points))]
         return common.load_model(ctx.backend, path), points, keeps, groups
     scores = score_channels(ctx, teacher, points, groups)
-    keeps = cdc.select_top(points, scores, plan_counts(ctx, graph, points), ctx.cfg.cdc.stream)
+    keeps = cdc.select_top(points, scores, plan_counts(ctx, graph, points, scores), ctx.cfg.cdc.stream)
     small, params = cdc.apply(graph, ctx.backend.get_weights(teacher), points, keeps, ctx.cfg.cdc.stream)
     if distributed.is_main():
         atomic_write_npz(scores_path, groups=groups if groups is not None else np.zeros(0, np.int64),

@@ -17,6 +17,11 @@ tap). The channels a mask scores are a channel group of :mod:`compress_core.surg
   by the sum of the scores of every mask that reads it (faster networks: no
   ``select`` per block), where the stream is one cuttable group.
 
+A mask keeping no channels (``count`` 0) removes its residual block whole
+(:func:`compress_core.surgery.remove_blocks`): allowed for the masks inside a block with an
+identity shortcut, all of them at once (:func:`block_masks`). The depth plan (:func:`depth_counts`)
+removes the blocks whose inner channels score lowest.
+
 Blocks (for coarse-to-fine labels) come from the graph's structure
 (:func:`compress_core.surgery.structure.block_index`): a residual network's block,
 a chain network's conv, a DenseNet's dense layer; numbered in mask order.
@@ -37,11 +42,14 @@ from compress_core.ir.graph import Graph
 from compress_core.surgery import (
     channel_groups,
     prune,
+    removable_blocks,
+    remove_blocks,
     round_width,
     select_inputs,
     top,
     unit_indices,
 )
+from compress_core.surgery.depth import branch_nodes
 from compress_core.surgery.groups import read_group
 from compress_core.surgery.latency import LatencySearch, latency_search
 from compress_core.surgery.plan import bisect_ratio
@@ -103,16 +111,55 @@ def uniform_counts(points: Sequence[MaskPoint], ratio: float, min_width: int = 1
             for p, w in ((p, p.width // p.unit) for p in points)]
 
 
-def check_counts(points: Sequence[MaskPoint], counts: Sequence[int], min_width: int = 1) -> list[int]:
-    """Validate a predefined plan: one count per mask, each in ``[max(1, min_width), width]``."""
+def check_counts(points: Sequence[MaskPoint], counts: Sequence[int], min_width: int = 1,
+                 graph: Graph | None = None) -> list[int]:
+    """Validate a predefined plan: one count per mask, each in ``[max(1, min_width), width]``, or 0 for
+    every mask of a removable block (checked against ``graph``: :func:`removed_blocks`)."""
     if len(counts) != len(points):
         raise UserError(f"predefined plan has {len(counts)} widths, the model has {len(points)} masks "
                         f"({', '.join(p.conv for p in points[:3])}, ...)")
     for p, k in zip(points, counts):
-        if not isinstance(k, (int, np.integer)) or not max(1, min_width) <= k <= p.width or k % p.unit:
+        ok = isinstance(k, (int, np.integer)) and (k == 0 or max(1, min_width) <= k <= p.width) and k % p.unit == 0
+        if not ok:
             raise UserError(f"cannot keep {k!r} input channels of '{p.conv}': it has {p.width} "
-                            f"(in units of {p.unit}) and the minimum width is {min_width}")
-    return [int(k) for k in counts]
+                            f"(in units of {p.unit}) and the minimum width is {min_width} (0: remove its block)")
+    counts = [int(k) for k in counts]
+    if graph is not None:
+        removed_blocks(graph, points, counts)
+    return counts
+
+
+def block_masks(graph: Graph, points: Sequence[MaskPoint]) -> dict[str, list[int]]:
+    """``{add: indices of the masks inside the block}`` of every removable block (an identity shortcut,
+    :func:`compress_core.surgery.removable_blocks`) with a mask inside: a mask is inside when its conv is."""
+    out = {}
+    for b in removable_blocks(graph):
+        inside = branch_nodes(graph, b)
+        idx = [i for i, p in enumerate(points) if p.conv in inside]
+        if idx:
+            out[b.add] = idx
+    return out
+
+
+def removed_blocks(graph: Graph, points: Sequence[MaskPoint], counts: Sequence) -> list[str]:
+    """The ``add`` of every block a plan removes (its masks keep 0 channels; ``counts``: numbers or kept
+    index arrays); a mask keeping nothing outside a removable block, or a block removed in part, is refused."""
+    sizes = [k if isinstance(k, (int, np.integer)) else len(k) for k in counts]
+    zero = {i for i, k in enumerate(sizes) if k == 0}
+    if not zero:
+        return []
+    blocks = block_masks(graph, points)
+    out = [a for a, idx in blocks.items() if zero & set(idx)]
+    for a in out:
+        if not set(blocks[a]) <= zero:
+            kept = next(points[i].conv for i in blocks[a] if i not in zero)
+            raise UserError(f"the block closed by '{a}' is removed in part: '{kept}' keeps channels "
+                            f"(every mask of a removed block keeps 0)")
+    stray = zero - {i for a in out for i in blocks[a]}
+    if stray:
+        raise UserError(f"'{points[min(stray)].conv}' cannot keep 0 channels: it is not inside a residual block "
+                        f"with an identity shortcut (only those can be removed whole)")
+    return out
 
 
 def _unit_scores(p: MaskPoint, scores) -> np.ndarray:
@@ -139,10 +186,14 @@ def select_top(points: Sequence[MaskPoint], scores: Sequence[np.ndarray], counts
     keep one set: the highest summed scores, as many as the first of them keeps."""
     shared = shared_groups(points, stream)
     summed = {g: sum(_unit_scores(points[i], scores[i]) for i in idx) for g, idx in shared.items()}
+    # a mask inside a removed block (count 0) does not set its stream's width
+    width = {g: next((counts[i] for i in idx if counts[i]), 0) for g, idx in shared.items()}
     out = []
     for p, s, k in zip(points, scores, counts):
-        if p.group in shared:
-            units = top(summed[p.group], counts[shared[p.group][0]] // p.unit)
+        if k == 0:
+            units = np.zeros(0, np.int64)
+        elif p.group in shared:
+            units = top(summed[p.group], width[p.group] // p.unit)
         else:
             units = top(_unit_scores(p, s), k // p.unit)
         out.append((units[:, None] * p.unit + np.arange(p.unit)[None]).ravel())
@@ -157,7 +208,7 @@ def cuts(points: Sequence[MaskPoint], keeps: Sequence[Sequence[int]], stream: st
     cut, selects = {}, []
     for p, keep in zip(points, keeps):
         keep = np.asarray(keep, np.int64)
-        if len(keep) == p.width:
+        if len(keep) in (0, p.width):  # 0: the mask's block is removed whole (apply)
             continue
         if p.own or p.group in shared:
             cut[p.group] = np.unique(keep // p.unit)
@@ -171,7 +222,9 @@ def apply(graph: Graph, params: Mapping[str, np.ndarray], points: Sequence[MaskP
     """Prune every mask to its kept channel indices (indices into the unpruned tensor): the groups
     in one pass of :func:`compress_core.surgery.prune`, then the ``select`` of every other mask, its
     indices renumbered past the channels the group cuts removed from its input (a DenseNet
-    concatenation loses the channels of a cut stem)."""
+    concatenation loses the channels of a cut stem); last, the blocks whose masks keep nothing
+    are removed (:func:`removed_blocks`)."""
+    removed = removed_blocks(graph, points, keeps)
     groups = channel_groups(graph)
     cut, selects = cuts(points, keeps, stream)
     width = graph.shapes()
@@ -190,6 +243,8 @@ def apply(graph: Graph, params: Mapping[str, np.ndarray], points: Sequence[MaskP
         alive = survive[conv]
         rank = np.cumsum(alive) - 1
         graph, out = select_inputs(graph, out, conv, rank[keep[alive[keep]]])
+    if removed:
+        graph, out = remove_blocks(graph, out, removed)
     return graph, out
 
 
@@ -217,6 +272,50 @@ def ratio_for_macs(graph: Graph, points: Sequence[MaskPoint], mac_fraction: floa
         raise UserError(f"{e}; every mask keeps at least {multiple} channels: a smaller multiple "
                         f"(cdc.multiple=1: any width) may reach it") from None
 
+
+
+def depth_counts(graph: Graph, points: Sequence[MaskPoint], scores: Sequence[np.ndarray], mac_fraction: float,
+                 pinned: Sequence[str] = ()) -> tuple[list[int], list[str]]:
+    """The depth plan: ``(counts, removed adds)``, residual blocks removed whole (their masks keep 0
+    channels, every other mask all) until the network has at most ``mac_fraction`` of the MACs.
+
+    The depth is cut evenly over the stages (a stage: the removable blocks whose input has one shape):
+    the next block comes from the stage with the largest share of its removable blocks left (ties: the
+    earlier stage), and within a stage it is the block whose inner channels separate the classes least
+    (the mean unit score of the masks reading a tap inside the block, of all its masks when none does).
+    ``pinned``: the adds of blocks never removed (one holding a distillation tap)."""
+    if not 0.0 < mac_fraction <= 1.0:
+        raise UserError(f"MAC target must be a fraction in (0, 1], got {mac_fraction}")
+    masks = {a: idx for a, idx in block_masks(graph, points).items() if a not in set(pinned)}
+    if not masks:
+        raise UserError(f"model '{graph.arch}' has no residual block with an identity shortcut to remove"
+                        + (f" besides {', '.join(sorted(pinned))} (pinned)" if pinned else ""))
+    blocks = {b.add: b for b in removable_blocks(graph)}
+    shapes = graph.shapes()
+
+    def score(a: str) -> float:
+        inside = branch_nodes(graph, blocks[a])
+        idx = [i for i in masks[a] if points[i].tap in inside] or masks[a]
+        return float(np.mean(np.concatenate([_unit_scores(points[i], scores[i]) for i in idx])))
+
+    stages: dict[tuple, list[str]] = {}
+    for a in masks:  # graph order: a stable sort keeps the earlier block first on ties
+        stages.setdefault(shapes[blocks[a].source], []).append(a)
+    left = [sorted(v, key=score) for v in stages.values()]
+    total = [len(v) for v in left]
+    counts, removed = [p.width for p in points], []
+    base = flops.count_macs(graph)
+    while (macs := macs_after(graph, points, counts)) > mac_fraction * base:
+        live = [k for k in range(len(left)) if left[k]]
+        if not live:
+            raise UserError(f"removing every removable block of '{graph.arch}' leaves {macs / base:.1%} of the "
+                            f"MACs, above the target {mac_fraction:.3f}")
+        k = max(live, key=lambda k: (len(left[k]) / total[k], -k))
+        a = left[k].pop(0)
+        removed.append(a)
+        for i in masks[a]:
+            counts[i] = 0
+    return counts, removed
 
 #: the ratios a tier of the latency plan can take (eighths; at most three quarters of a tier cut, so no
 #: layer is left with less than a quarter of its channels; the uniform ratio at the target is added)

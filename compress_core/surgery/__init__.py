@@ -6,12 +6,15 @@
 * :func:`prune` applies it to a graph and its weights; :func:`mask` is the same cut
   as zeroed reader columns (its reference); :func:`select_inputs` makes one reader
   read a subset of a shared stream;
+* :func:`remove_blocks` removes residual blocks whole (:func:`removable_blocks`: those with an
+  identity shortcut), the depth cut;
 * :func:`l1_norms` is the weights-only baseline criterion, :func:`l1_prune` the L1-norm
   baseline every benchmark compares with.
 
 Methods supply scores and a plan, nothing else.
 """
 
+from compress_core.surgery.depth import blocks_holding, removable_blocks, remove_blocks
 from compress_core.surgery.groups import (
            ChannelGroup,
            Member,
@@ -30,6 +33,6 @@ from compress_core.surgery.prune import (
            unit_indices,
 )
 
-__all__ = ["ChannelGroup", "Member", "channel_groups", "check_keep", "group_of", "groups_read_by", "l1_norms", "l1_prune",
-           "mask", "plan", "prune", "pruned_graph", "ratio_for_macs", "round_width", "select_inputs", "top",
-           "unit_indices"]
+__all__ = ["ChannelGroup", "Member", "blocks_holding", "channel_groups", "check_keep", "group_of", "groups_read_by", "l1_norms", "l1_prune",
+           "mask", "plan", "prune", "pruned_graph", "ratio_for_macs", "removable_blocks", "remove_blocks",
+           "round_width", "select_inputs", "top", "unit_indices"]

@@ -147,3 +147,86 @@ def test_an_unreachable_target_with_rounded_widths_names_the_way_out():
     with pytest.raises(UserError, match=r"multiple 8\).*cdc.multiple=1"):
         cdc.ratio_for_macs(g, points, 0.1, 1, 8, "group")  # every mask keeps >= 8 channels: about 25% at least
     assert cdc.ratio_for_macs(g, points, 0.1, 1, 1, "group") > 0.6
+
+
+# -- the depth plan ----------------------------------------------------------------------------
+# ResNet-20's removable blocks per stage, and a score per block given to its inner tap's mask (conv2);
+# conv1's mask scores the stream outside the block and gets a score that would win if it counted
+BLOCK_SCORE = {"layer1.0": 3, "layer1.1": 1, "layer1.2": 2, "layer2.1": 5, "layer2.2": 4, "layer3.1": 6, "layer3.2": 7}
+
+
+def _depth_case():
+    g = zoo.build("resnet20", 10, (3, 8, 8))
+    points = cdc.mask_points(g)
+    scores = [np.full(p.width, float(BLOCK_SCORE.get(p.conv.rsplit(".", 1)[0], 0) if p.conv.endswith("conv2")
+                                     else -100)) for p in points]
+    return g, points, scores
+
+
+def _expected_prefix(g, order, target):
+    """The shortest prefix of the removal ``order`` whose network has at most ``target`` of the MACs,
+    costed through the surgery directly."""
+    from compress_core.surgery import remove_blocks
+    base = flops.count_macs(g)
+    for k in range(len(order) + 1):
+        if flops.count_macs(remove_blocks(g, None, [f"{b}.add" for b in order[:k]])[0]) <= target * base:
+            return [f"{b}.add" for b in order[:k]]
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("target", [0.8, 0.5, 0.3])
+def test_depth_plan_removes_the_lowest_scored_blocks_evenly_over_the_stages(target):
+    g, points, scores = _depth_case()
+    counts, removed = cdc.depth_counts(g, points, scores, target)
+    # by hand: stage shares left (3/3, 2/2, 2/2), ties to the earlier stage; lowest score first in each
+    order = ["layer1.1", "layer2.2", "layer3.1", "layer1.2", "layer2.1", "layer3.2", "layer1.0"]
+    assert removed == _expected_prefix(g, order, target)
+    gone = {r.removesuffix(".add") for r in removed}
+    assert counts == [0 if p.conv.rsplit(".", 1)[0] in gone else p.width for p in points]
+
+
+def test_depth_plan_keeps_pinned_blocks_and_refuses_what_it_cannot_reach():
+    g, points, scores = _depth_case()
+    _, removed = cdc.depth_counts(g, points, scores, 0.35, pinned=["layer2.2.add"])
+    order = ["layer1.1", "layer2.1", "layer3.1", "layer1.2", "layer3.2", "layer1.0"]
+    assert removed == _expected_prefix(g, order, 0.35) and len(removed) == 6
+    with pytest.raises(UserError, match="removing every removable block"):
+        cdc.depth_counts(g, points, scores, 0.1)
+    vgg = zoo.build("vgg16", 10, (3, 32, 32))
+    vp = cdc.mask_points(vgg)
+    with pytest.raises(UserError, match="no residual block"):
+        cdc.depth_counts(vgg, vp, [np.zeros(p.width) for p in vp], 0.5)
+
+
+def test_a_plan_keeping_no_channels_removes_whole_blocks_only():
+    g, points, _ = _depth_case()
+    names = [p.conv for p in points]
+    counts = [p.width for p in points]
+    for c in ("layer1.1.conv1", "layer1.1.conv2"):
+        counts[names.index(c)] = 0
+    assert cdc.check_counts(points, counts, graph=g) == counts
+    assert cdc.removed_blocks(g, points, counts) == ["layer1.1.add"]
+    for stream in cdc.STREAMS:
+        small, _ = cdc.network(g, trained_like(g), points, counts, stream)
+        assert not [n for n in small.nodes if n.name.startswith("layer1.1.")]
+        assert flops.count_macs(small) == cdc.macs_after(g, points, counts, stream) < flops.count_macs(g)
+    part = list(counts)
+    part[names.index("layer1.1.conv1")] = 16
+    with pytest.raises(UserError, match="removed in part"):
+        cdc.check_counts(points, part, graph=g)
+    stray = [p.width for p in points]
+    stray[names.index("layer2.0.conv2")] = 0  # the strided block cannot go
+    with pytest.raises(UserError, match="layer2.0.conv2"):
+        cdc.check_counts(points, stray, graph=g)
+
+
+def test_a_stream_cut_with_blocks_removed_takes_its_width_from_the_masks_left():
+    g, points, scores = _depth_case()
+    names = [p.conv for p in points]
+    counts = [p.width // 2 for p in points]  # the first reader of stage 1's stream is in a removed block
+    for c in ("layer1.0.conv1", "layer1.0.conv2"):
+        counts[names.index(c)] = 0
+    keeps = cdc.select_top(points, scores, counts, "group")
+    assert [len(k) for k in keeps][:4] == [0, 0, 8, 8]
+    small, _ = cdc.apply(g, trained_like(g), points, keeps, "group")
+    assert small.in_channels("layer1.1.conv1") == 8 and "layer1.0.add" not in small

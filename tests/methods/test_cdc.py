@@ -136,6 +136,41 @@ def test_cdc_latency_plan_times_widths_on_the_runtime_and_meets_the_target(backe
     assert all(k % 8 == 0 and p.width // 4 <= k <= p.width for k, p in zip(kept, points))
 
 
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_cdc_depth_plan_removes_whole_blocks_keeps_the_dca_tap_and_repeats_as_predefined(backend, tmp_path):
+    import re
+
+    g = zoo.build("resnet20", 10, (1, 8, 8))
+    teacher = tmp_path / "t.safetensors"
+    checkpoint.save_checkpoint(str(teacher), g, trained_like(g))
+    common_args = ["--backend", backend, f"--config.model.weights={teacher}", "--config.finetune.epochs=1",
+                   "--config.finetune.batch_size=256", "--config.distill.epochs=1", "--config.distill.batch_size=256"]
+    assert cdc_prune.cli([*common_args, "--workdir", str(tmp_path / "w"), "--config.cdc.plan=depth"]) == 0
+    log = (tmp_path / "w" / "log.txt").read_text()
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    small, _, _ = checkpoint.load_checkpoint(str(tmp_path / "w" / "pruned.safetensors"))
+    assert flops.count_macs(small) == m["rows"][1]["macs"] <= 0.5 * flops.count_macs(g)
+    # whole blocks: every mask keeps all its channels or none, and the block of the DCA tap stays
+    assert all(r["after"] in (0, r["before"]) for r in m["layers"]) and any(r["after"] == 0 for r in m["layers"])
+    removed = re.search(r"depth plan: (\d+) residual blocks removed \(([^)]*)\)", log)
+    adds = removed.group(2).split(", ")
+    assert int(removed.group(1)) == len(adds) >= 3 and "layer2.2.add" not in adds
+    assert "layer2.2.relu1" in small and not [a for a in adds if a in small]
+    assert m["rows"][-1]["model"] == "distilled"
+    # the logged widths repeat the cut as a predefined plan
+    widths = re.search(r"--config.cdc.widths=\(([^)]*)\)", log).group(1)
+    assert cdc_prune.cli([*common_args, "--workdir", str(tmp_path / "p"), "--config.cdc.plan=predefined",
+                          f"--config.cdc.widths=({widths})", "--config.distill.enabled=False"]) == 0
+    again, _, _ = checkpoint.load_checkpoint(str(tmp_path / "p" / "pruned.safetensors"))
+    assert [n.name for n in again.nodes] == [n.name for n in small.nodes]
+
+
+def _widths(zero=()):
+    """A predefined plan for the digits ResNet-20 keeping every channel but those of the masks ``zero``."""
+    points = cdc.mask_points(zoo.build("resnet20", 10, (1, 8, 8)))
+    return "--config.cdc.widths=(" + ",".join(str(0 if p.conv in zero else p.width) for p in points) + ")"
+
+
 def test_cdc_distill_command_trains_a_student_against_its_teacher(tmp_path):
     g = zoo.build("resnet20", 10, (1, 8, 8))
     teacher = str(tmp_path / "teacher.safetensors")
@@ -165,6 +200,13 @@ BAD = {
                                             "2 widths"),
     "unknown latency runtime": (["--config.cdc.plan=latency", "--config.cdc.latency_runtime=gpu"],
                                 "cdc.latency_runtime"),
+    "depth plan out of reach": (["--config.cdc.plan=depth", "--config.cdc.mac_target=0.1"],
+                                "removing every removable block"),
+    "a zero width outside a removable block": (["--config.cdc.plan=predefined", _widths(["layer2.0.conv2"])],
+                                               "'layer2.0.conv2' cannot keep 0 channels"),
+    "a block removed in part": (["--config.cdc.plan=predefined", _widths(["layer1.1.conv2"])], "removed in part"),
+    "the DCA tap's block removed": (["--config.cdc.plan=predefined", _widths(["layer2.2.conv1", "layer2.2.conv2"])],
+                                    "holds distill.dca_tap"),
     # below what one channel per mask keeps (0.2%): out of reach at any width, a measured multiple halved to 1
     "MAC target out of reach": (["--config.cdc.plan=macs", "--config.cdc.mac_target=0.001"], "cannot be reached"),
 }
