@@ -273,7 +273,6 @@ def ratio_for_macs(graph: Graph, points: Sequence[MaskPoint], mac_fraction: floa
                         f"(cdc.multiple=1: any width) may reach it") from None
 
 
-
 def depth_counts(graph: Graph, points: Sequence[MaskPoint], scores: Sequence[np.ndarray], mac_fraction: float,
                  pinned: Sequence[str] = ()) -> tuple[list[int], list[str]]:
     """The depth plan: ``(counts, removed adds)``, residual blocks removed whole (their masks keep 0

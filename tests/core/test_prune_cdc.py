@@ -48,6 +48,32 @@ def test_pruned_network_equals_original_with_dropped_channels_silenced(name, str
     assert sp.keys() == small.param_shapes().keys()
 
 
+@pytest.mark.parametrize("stream", ["select", "group"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet164"])
+def test_blocks_removed_beside_channels_cut_equal_the_original_with_both_silenced(name, stream):
+    g = zoo.build(name, 10, (3, 8, 8)) if name != "resnet164" else zoo.resnet164(10, (3, 8, 8), depth=20)
+    points = cdc.mask_points(g)
+    gone = list(cdc.block_masks(g, points))[::2]
+    assert len(gone) >= 2
+    params = trained_like(g)
+    for a in gone:  # the removed branches' last layer (a BatchNorm, a pre-activation block's conv) set to zero
+        last = next(i for i in g[a].inputs if g[i].op in ("bn", "conv"))
+        for k in (f"{last}.weight", f"{last}.bias"):
+            if k in params:
+                params[k] = np.zeros_like(params[k])
+    masks = cdc.block_masks(g, points)
+    zero = {i for a in gone for i in masks[a]}
+    counts = [0 if i in zero else max(1, p.width // 3) for i, p in enumerate(points)]
+    rng = np.random.default_rng(1)
+    keeps = cdc.select_top(points, [rng.normal(size=p.width) for p in points], counts, stream)
+    small, sp = cdc.apply(g, params, points, keeps, stream)
+    assert not [a for a in gone if a in small]
+    x = rng.normal(size=(2, 3, 8, 8))
+    want = oracle.forward(*_zero_dropped_inputs(g, params, points, keeps, stream), x)[g.output]
+    np.testing.assert_allclose(oracle.forward(small, sp, x)[small.output], want, rtol=1e-9, atol=1e-9)
+    assert sp.keys() == small.param_shapes().keys()
+
+
 def test_mask_points_follow_the_reference_placement():
     points = {p.conv: p for p in cdc.mask_points(zoo.build("resnet56"))}
     assert len(points) == 54 and "conv1" not in points  # two per block, never the stem
