@@ -82,14 +82,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES))
     a = ap.parse_args()
-    import onnxruntime as ort
-
     from backends.torch import from_module
     from backends.torch.compat import torchvision_models
     from compress_core.ir import flops
-    from compress_core.ir.onnx_export import to_onnx
     from compress_core.surgery import l1_prune
-    from methods.report import time_in_turns
+    from methods.report import ort_sessions, time_in_turns
 
     models = torchvision_models()
     shape = (3, a.size, a.size)
@@ -109,8 +106,7 @@ def main() -> None:
             nets["TP: L1, x8"] = from_module(torch_pruning_l1(make, shape, a.target, 8), shape)
         except ImportError:
             print("  (torch-pruning is not installed: its rows are left out)")
-        sessions = {k: ort.InferenceSession(to_onnx(g, p).SerializeToString(), providers=["CPUExecutionProvider"])
-                    for k, (g, p) in nets.items()}
+        sessions = dict(zip(nets, ort_sessions(list(nets.values()))))
         macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
         ms = {}
         for b in a.batch:

@@ -271,17 +271,12 @@ def ort_layer_ms(nets: list, batch: int, repeats: int) -> list[dict[str, float]]
     import os
     import tempfile
 
-    import onnxruntime as ort
-
-    from compress_core.ir.onnx_export import to_onnx
+    from methods.report import ort_sessions
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = []
-        for k, (g, p) in enumerate(nets):
-            opts = ort.SessionOptions()
+        def profiled(opts, k):
             opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(tmp, str(k))
-            sessions.append(ort.InferenceSession(to_onnx(g, p).SerializeToString(), opts,
-                                                 providers=["CPUExecutionProvider"]))
+        sessions = ort_sessions(nets, configure=profiled)
         xs = [np.random.default_rng(0).normal(size=(batch, *g.input_shape)).astype(np.float32) for g, _ in nets]
         for _ in range(repeats + 1):  # the first run of each is warm-up
             for s, x in zip(sessions, xs):
@@ -373,6 +368,9 @@ def main() -> None:
                     help="leave out the CDC latency plans (one searched on each runtime: minutes per network)")
     ap.add_argument("--search-repeats", type=int, default=5, help="timed passes per network in a latency search")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    ap.add_argument("--ort-spinning", action="store_true",
+                    help="ONNX Runtime's default thread spinning (off here: sessions timed in turns slow each other "
+                         "with it, methods.report.ort_sessions)")
     ap.add_argument("--layers", nargs="*", default=[], metavar="NETWORK",
                     help="also time the convs of these networks (labels as printed) one by one against the original's "
                          "(in torch and in ONNX Runtime, those of --runtimes)")
@@ -406,7 +404,8 @@ def main() -> None:
             macs = {k: flops.count_macs(g) for k, (g, _) in nets.items()}
             ms, speedup = {}, {}
             for runtime in a.runtimes:
-                calls = dict(zip(nets, forward_calls(runtime, list(nets.values()), a.threads)))
+                calls = dict(zip(nets, forward_calls(runtime, list(nets.values()), a.threads,
+                                                     spinning=a.ort_spinning)))
                 # a network hundreds of times slower than the rest (KSE's shared form: seconds and gigabytes
                 # per batch) is timed after them, not in their turns, where it would evict their caches
                 turns = [([k for k in nets if k != KSE], a.repeats), ([k for k in nets if k == KSE], 3)]

@@ -1,17 +1,21 @@
 """The width multiple measured on the machine (``cdc.multiple=0``, the default): which step the times show, the
-fallback when a net is too narrow for it, and the measurement itself."""
+fallback when a net is too narrow for it, and the measurement itself; the ONNX Runtime sessions it and the
+benchmarks time in turns."""
 
 from __future__ import annotations
 
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from compress_core.errors import UserError
 from compress_core.ir import zoo
+from compress_core.ir.init import init_params
 from compress_core.recipes import cdc
 from methods import cdc_distill, kernel_widths
+from tests.conftest import close
 
 
 def _times(cost):
@@ -83,3 +87,20 @@ def test_the_measurement_runs_on_each_backend(runtime, monkeypatch):
     widths = kernel_widths.widths_timed()
     ms = kernel_widths.conv_ms(runtime, widths[:2], repeats=1)
     assert len(ms) == 2 and all(t > 0 for t in ms)
+
+
+def test_onnx_runtime_sessions_timed_in_turns_do_not_spin_and_compute_the_network():
+    import onnxruntime as ort  # noqa: F401 - the test needs it
+
+    from methods.report import forward_calls, ort_sessions
+    nets = [(g, init_params(g, 0)) for g in (kernel_widths.one_conv(8, 6), kernel_widths.one_conv(16, 6))]
+    for spinning in (False, True):
+        sessions = ort_sessions(nets, threads=1, spinning=spinning)
+        opts = [s.get_session_options() for s in sessions]
+        assert {o.get_session_config_entry("session.intra_op.allow_spinning") for o in opts} == {str(int(spinning))}
+        assert {o.intra_op_num_threads for o in opts} == {1}
+    from backends.base import get_backend
+    b = get_backend("torch")
+    x = np.random.default_rng(0).normal(size=(2, 16, 6, 6)).astype(np.float32)
+    got = forward_calls("ort", nets[1:])[0](x)[0]
+    assert close(got, b.forward(b.build(*nets[1]), x)[0]) < 1e-4
