@@ -42,10 +42,11 @@ original run again between every two networks; the speedup in the ratio is paire
 over the turns of the mean of the original's two times around a network over the network's, so
 a change of load between turns, or between networks of one turn, weighs on both sides.
 
-    python benchmarks/speed.py --no-latency                     # the README's big table (about an hour)
+    python benchmarks/speed.py --no-latency                     # every form (about 45 minutes)
     python benchmarks/speed.py --targets 0.5                    # with the latency searches (over an hour)
     python benchmarks/speed.py --archs resnet56 --runtimes ort --repeats 5   # one quick cell
-    python benchmarks/speed.py --no-latency --networks "CDC group x16" "CDC depth" "TP L1 x8"  # some rows
+    python benchmarks/speed.py --no-latency --repeats 5 \\
+        --networks "CDC select" "CDC group x8" "CDC group x16" "CDC depth" "TP L1 x8"  # the README's tables
 """
 
 from __future__ import annotations
