@@ -71,6 +71,13 @@ def job(backend: str, seed: int, plan: str, work: str, baseline: str | None) -> 
     return {"macs": m["mac_fraction"], **{s: rows[s] for s in STAGES}}
 
 
+def _paired(diffs) -> tuple[float, float, str]:
+    """Mean and standard deviation of paired differences, and ``(worse/better/equal)`` counts."""
+    d = np.asarray(diffs, np.float64)
+    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    return float(d.mean()), sd, f"({(d < 0).sum()}/{(d > 0).sum()}/{(d == 0).sum()})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", nargs="+", default=["torch", "tf"], choices=["torch", "tf"])
@@ -110,9 +117,8 @@ def main() -> None:
                 v = np.array([r[stage] for r in rs])
                 row += f"{v.mean():>10.2f} +-{v.std(ddof=1) if len(v) > 1 else 0:>4.2f}"
             for stage in STAGES[1:]:
-                d = np.array([r[stage] - q[stage] for r, q in zip(rs, refs)])
-                counts = f"({(d < 0).sum()}/{(d > 0).sum()}/{(d == 0).sum()})"
-                row += f"{d.mean():>+7.2f} +-{d.std(ddof=1) if len(d) > 1 else 0:>4.2f}{counts:>7}"
+                mean, sd, counts = _paired([r[stage] - q[stage] for r, q in zip(rs, refs)])
+                row += f"{mean:>+7.2f} +-{sd:>4.2f}{counts:>7}"
             print(row)
         print(f"{backend:<8}{'baseline':<13}{100.0:>7.1f}{np.mean(base_acc):>10.2f} +-"
               f"{np.std(base_acc, ddof=1) if len(base_acc) > 1 else 0:>4.2f}")
@@ -122,9 +128,9 @@ def main() -> None:
             for backend in a.backends:
                 row = f"{backend:<8}"
                 for stage in STAGES[1:]:
-                    d = np.array([res[backend, s, plan][stage] - res[backend, s, other][stage] for s in a.seeds])
-                    row += (f"  {stage} {d.mean():+.2f} +-{d.std(ddof=1) if len(d) > 1 else 0:.2f} "
-                            f"({(d < 0).sum()}/{(d > 0).sum()}/{(d == 0).sum()})")
+                    mean, sd, counts = _paired([res[backend, s, plan][stage] - res[backend, s, other][stage]
+                                                for s in a.seeds])
+                    row += f"  {stage} {mean:+.2f} +-{sd:.2f} {counts}"
                 print(row)
 
 

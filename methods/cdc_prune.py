@@ -132,7 +132,7 @@ def _merge_ranks(stats: dict) -> None:
 def plan_counts(ctx: common.Context, graph, points, scores) -> list[int]:
     c = ctx.cfg.cdc
     if c.plan == "predefined":
-        return cdc.check_counts(points, list(c.widths), c.min_width, graph)
+        return cdc.check_counts(points, list(c.widths), c.min_width)  # its zeros checked before work (check_cdc)
     if c.plan == "depth":
         counts, removed = cdc.depth_counts(graph, points, scores, c.mac_target, pinned_blocks(ctx, graph))
         common.log.info("depth plan: %d residual blocks removed (%s) for the MAC target %.3f: %.1f%% of the MACs",

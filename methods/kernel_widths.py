@@ -37,11 +37,9 @@ def conv_ms(runtime: str, widths, size: int = 32, batch: int = 32, repeats: int 
     the median: the load of a shared machine only ever adds time, and a step decided from medians flipped
     between runs there."""
     from compress_core.ir.init import init_params
-    from methods.report import forward_calls, samples_in_turns
+    from methods.report import networks_ms
     nets = [(g, init_params(g, 0)) for w in widths for g in [one_conv(w, size)]]
-    calls = forward_calls(runtime, nets, backend=backend)
-    xs = [np.random.default_rng(0).normal(size=(batch, w, size, size)).astype(np.float32) for w in widths]
-    return [float(reduce(t)) for t in samples_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)]
+    return networks_ms(runtime, nets, batch, repeats, backend, reduce)
 
 
 def pick_multiple(ms: dict[int, float]) -> tuple[int, dict[int, float]]:

@@ -92,12 +92,12 @@ def forward_calls(runtime: str, nets, threads: int | None = None, backend=None, 
     return [lambda x, m=m: backend.forward(m, x) for m in models]
 
 
-def networks_ms(runtime: str, nets, batch: int, repeats: int, backend=None) -> list[float]:
-    """:func:`time_in_turns` of one forward pass of each ``(graph, params)`` on ``runtime`` at ``batch``
-    (``backend``: as :func:`forward_calls`)."""
+def networks_ms(runtime: str, nets, batch: int, repeats: int, backend=None, reduce=np.median) -> list[float]:
+    """Time (ms) of one forward pass of each ``(graph, params)`` on ``runtime`` at ``batch``: ``reduce`` (the
+    median, or e.g. ``min``) of its :func:`samples_in_turns` (``backend``: as :func:`forward_calls`)."""
     calls = forward_calls(runtime, nets, backend=backend)
     xs = [np.random.default_rng(0).normal(size=(batch, *g.input_shape)).astype(np.float32) for g, _ in nets]
-    return time_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)
+    return [float(reduce(t)) for t in samples_in_turns([lambda c=c, x=x: c(x) for c, x in zip(calls, xs)], repeats)]
 
 
 def add_latencies(backend, rows: list[dict], models: list, repeats: int = 20,

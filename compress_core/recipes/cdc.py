@@ -111,10 +111,9 @@ def uniform_counts(points: Sequence[MaskPoint], ratio: float, min_width: int = 1
             for p, w in ((p, p.width // p.unit) for p in points)]
 
 
-def check_counts(points: Sequence[MaskPoint], counts: Sequence[int], min_width: int = 1,
-                 graph: Graph | None = None) -> list[int]:
-    """Validate a predefined plan: one count per mask, each in ``[max(1, min_width), width]``, or 0 for
-    every mask of a removable block (checked against ``graph``: :func:`removed_blocks`)."""
+def check_counts(points: Sequence[MaskPoint], counts: Sequence[int], min_width: int = 1) -> list[int]:
+    """Validate a predefined plan: one count per mask, each in ``[max(1, min_width), width]``, or 0 (the
+    mask's block removed: which blocks can be is the graph's to say, :func:`removed_blocks`)."""
     if len(counts) != len(points):
         raise UserError(f"predefined plan has {len(counts)} widths, the model has {len(points)} masks "
                         f"({', '.join(p.conv for p in points[:3])}, ...)")
@@ -123,10 +122,7 @@ def check_counts(points: Sequence[MaskPoint], counts: Sequence[int], min_width: 
         if not ok:
             raise UserError(f"cannot keep {k!r} input channels of '{p.conv}': it has {p.width} "
                             f"(in units of {p.unit}) and the minimum width is {min_width} (0: remove its block)")
-    counts = [int(k) for k in counts]
-    if graph is not None:
-        removed_blocks(graph, points, counts)
-    return counts
+    return [int(k) for k in counts]
 
 
 def block_masks(graph: Graph, points: Sequence[MaskPoint]) -> dict[str, list[int]]:
